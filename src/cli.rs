@@ -1,0 +1,81 @@
+//! The command line: flags (each with a `RAFTD_*` environment fallback) into a [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{self, Config};
+
+/// raftd: a Raft-replicated filesystem. Each node keeps its identity, its Raft log and the
+/// replicated files in DATA_DIR; on restart it rejoins its cluster on its own.
+///
+/// A new node asks (on a terminal) for its hostname, port and a node to join, unless flags
+/// give them; without a terminal it uses localhost, 4001 and starts a new cluster.
+#[derive(Debug, Parser)]
+#[command(name = "raftd", version)]
+pub struct Cli {
+    /// The node's data directory (created if missing).
+    #[arg(env = "RAFTD_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Hostname other nodes and clients use to reach this node [default: localhost].
+    #[arg(long, env = "RAFTD_HOST")]
+    pub host: Option<String>,
+
+    /// Port for the HTTP API and peer RPC [default: 4001].
+    #[arg(short, long, env = "RAFTD_PORT")]
+    pub port: Option<u16>,
+
+    /// A member (host:port) to join through, for a node with no log.
+    #[arg(long, env = "RAFTD_JOIN")]
+    pub join: Option<String>,
+
+    /// Address to listen on, if not the advertised host:port (e.g. 0.0.0.0:4001 in a container).
+    #[arg(long, env = "RAFTD_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Log peer communication (elections, appends, votes); twice for openraft's internals.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Leader heartbeat interval in milliseconds (go-raft's raftd used 1000).
+    #[arg(long, env = "RAFTD_HEARTBEAT_MS", default_value_t = config::DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u64,
+
+    /// Minimum election timeout in milliseconds; the maximum is twice this (go-raft's raftd: 2000).
+    #[arg(long, env = "RAFTD_ELECTION_TIMEOUT_MS", default_value_t = config::DEFAULT_ELECTION_TIMEOUT_MS)]
+    pub election_timeout_ms: u64,
+
+    /// How long a write or linearizable read waits for a quorum before failing with 503.
+    #[arg(long, env = "RAFTD_REQUEST_TIMEOUT_MS", default_value_t = config::DEFAULT_REQUEST_TIMEOUT_MS)]
+    pub request_timeout_ms: u64,
+
+    /// Largest accepted request body in bytes (larger gets 413).
+    #[arg(long, env = "RAFTD_MAX_BODY", default_value_t = config::DEFAULT_MAX_BODY)]
+    pub max_body: u64,
+
+    /// Largest file content per log entry in bytes; larger files are replicated in chunks.
+    #[arg(long, env = "RAFTD_CHUNK_SIZE", default_value_t = config::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: usize,
+
+    /// Take a snapshot (and compact the log) every this many entries.
+    #[arg(long, env = "RAFTD_SNAPSHOT_EVERY", default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
+    pub snapshot_every: u64,
+}
+
+impl Cli {
+    /// Builds the config once host and port are known (from flags, the data dir or a prompt).
+    pub fn into_config(self, host: String, port: u16, join: Option<String>) -> Config {
+        let mut c = Config::new(self.data_dir, host, port);
+        c.listen = self.listen;
+        c.join = join;
+        c.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        c.election_timeout = Duration::from_millis(self.election_timeout_ms);
+        c.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        c.max_body = self.max_body;
+        c.chunk_size = self.chunk_size;
+        c.snapshot_every = self.snapshot_every;
+        c
+    }
+}

@@ -1,0 +1,109 @@
+//! The client API: `/files/<path>`, `/status`, `/log`.
+//!
+//! Reads are linearizable by default on every node (a read-index barrier through the leader,
+//! then the local replica); `?consistency=stale` reads the local replica at once. A GET on a
+//! directory lists it, one name per line, directories with a trailing `/`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::node::{Node, Status};
+use crate::store::files;
+
+/// `?consistency=` values.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (default).
+    #[default]
+    Linearizable,
+    /// The local replica as it is; may lag on followers and during partitions.
+    Stale,
+}
+
+/// Query parameters of a read.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReadParams {
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// `GET /files/<path>`: a file's bytes, or a directory listing.
+pub async fn get_file(
+    State(node): State<Arc<Node>>,
+    path: Option<Path<String>>,
+    Query(params): Query<ReadParams>,
+) -> Result<Response> {
+    let name = path.map(|Path(p)| p).unwrap_or_default();
+    if !name.is_empty() {
+        files::validate(&name)?;
+    }
+    if params.consistency == Consistency::Linearizable {
+        node.read_barrier().await?;
+    }
+    let store = node.store();
+    if store.stat(&name)?.is_dir {
+        let mut listing = String::new();
+        for (child, stat) in store.list(&name)? {
+            listing.push_str(&child);
+            listing.push_str(if stat.is_dir { "/\n" } else { "\n" });
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], listing).into_response());
+    }
+    let bytes = store.read(&name)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `POST`/`PUT /files/<path>`: replace the file with the body; answers once committed.
+pub async fn put_file(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode> {
+    files::validate(&name)?;
+    let bytes = read_body(&node, &headers, body).await?;
+    node.write_file(&name, bytes).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE /files/<path>`: remove a file or an empty directory.
+pub async fn delete_file(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<StatusCode> {
+    node.delete(&name).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `GET /status`.
+pub async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
+    Json(node.status())
+}
+
+/// `GET /log`: the log file's text.
+pub async fn log(State(node): State<Arc<Node>>) -> Result<Response> {
+    let text = node.log_text()?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Reads the whole body, refusing more than the configured limit with 413.
+async fn read_body(node: &Node, headers: &HeaderMap, body: Body) -> Result<Bytes> {
+    let limit = node.config().max_body;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Error::TooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit as usize).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            Error::TooLarge { limit }
+        } else {
+            Error::BadRequest(format!("reading body: {e}"))
+        }
+    })
+}

@@ -1,0 +1,102 @@
+//! Peer RPC under `/raft/`: openraft's messages into the local Raft, and the leader-side
+//! halves of forwarded operations. Answers are 200 with a JSON `Result`; transport-level
+//! failures are the only non-200s.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Deserialize;
+use tracing::debug;
+
+use crate::node::{JoinRequest, Node, RemoveRequest};
+use crate::raft::command::Command;
+use crate::raft::{NodeId, TypeConfig};
+
+/// Every Raft RPC names the node it is meant for.
+#[derive(Debug, Deserialize)]
+pub struct Target {
+    target: NodeId,
+}
+
+fn misdirected(node: &Node, target: NodeId) -> Option<Response> {
+    (target != node.id).then(|| {
+        let msg = format!("this is node {} ({}), not node {target}\n", node.id, node.name);
+        (StatusCode::MISDIRECTED_REQUEST, msg).into_response()
+    })
+}
+
+/// `POST /raft/append`
+pub async fn append(
+    State(node): State<Arc<Node>>,
+    Query(t): Query<Target>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    if let Some(r) = misdirected(&node, t.target) {
+        return r;
+    }
+    debug!(term = req.vote.leader_id().term, entries = req.entries.len(), "recv append");
+    Json(node.raft().append_entries(req).await).into_response()
+}
+
+/// `POST /raft/vote`
+pub async fn vote(
+    State(node): State<Arc<Node>>,
+    Query(t): Query<Target>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Response {
+    if let Some(r) = misdirected(&node, t.target) {
+        return r;
+    }
+    debug!(vote = %req.vote, "recv vote request");
+    Json(node.raft().vote(req).await).into_response()
+}
+
+/// `POST /raft/snapshot`
+pub async fn snapshot(
+    State(node): State<Arc<Node>>,
+    Query(t): Query<Target>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    if let Some(r) = misdirected(&node, t.target) {
+        return r;
+    }
+    debug!(offset = req.offset, done = req.done, "recv snapshot chunk");
+    Json(node.raft().install_snapshot(req).await).into_response()
+}
+
+/// `POST /raft/propose`: a forwarded command, run only if this node leads.
+pub async fn propose(State(node): State<Arc<Node>>, Json(cmd): Json<Command>) -> Response {
+    let timeout = node.config().request_timeout;
+    Json(node.propose_local(cmd, timeout).await).into_response()
+}
+
+/// `POST /raft/read-index`: confirm leadership, answer the read index.
+pub async fn read_index(State(node): State<Arc<Node>>) -> Response {
+    let timeout = node.config().request_timeout;
+    Json(node.read_index_local(timeout).await).into_response()
+}
+
+/// `POST /raft/join`: a forwarded join.
+pub async fn join(State(node): State<Arc<Node>>, Json(req): Json<JoinRequest>) -> Response {
+    let timeout = node.config().request_timeout;
+    Json(node.join_local(req, timeout).await).into_response()
+}
+
+/// `POST /raft/remove`: a forwarded removal.
+pub async fn remove(State(node): State<Arc<Node>>, Json(req): Json<RemoveRequest>) -> Response {
+    let timeout = node.config().request_timeout;
+    Json(node.remove_local(req, timeout).await).into_response()
+}
+
+/// `POST /raft/removed`: the leader says this node is no longer a member.
+pub async fn removed(State(node): State<Arc<Node>>, Query(t): Query<Target>) -> Response {
+    if let Some(r) = misdirected(&node, t.target) {
+        return r;
+    }
+    node.mark_removed();
+    StatusCode::OK.into_response()
+}

@@ -1,0 +1,30 @@
+//! raftd: a Raft-replicated filesystem.
+//!
+//! Each node keeps a data directory with its identity (`info`), its Raft log (`log`, one
+//! checksummed text line per entry), its vote, snapshots, and the replicated files
+//! (`files/`). openraft runs consensus; raftd supplies the pieces around it:
+//!
+//! - [`raft`]: the log store over the text log, and peer RPC over HTTP;
+//! - [`store`]: the state machine, which applies committed commands to `files/`;
+//! - [`node`]: the one door for front ends: writes go to the leader (forwarded from any node),
+//!   reads are linearizable through a read-index barrier, or stale from local files;
+//! - [`http`]: the client API (`/files/...`, `/status`, `/log`), membership admin and peer
+//!   routes on one port;
+//! - [`server`]: wiring and lifecycle; [`identity`] and [`cli`]: first-run prompts and flags.
+//!
+//! A write is acknowledged only after its entry is fsynced on a majority and applied on the
+//! leader; see `docs/architecture.md` for the write and read paths.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod http;
+pub mod identity;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod store;
+
+pub use error::{Error, Result};

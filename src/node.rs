@@ -1,0 +1,455 @@
+//! The one door from the front ends (HTTP, FUSE) into consensus.
+//!
+//! Every mutation and every linearizable read needs the leader. A front end calls [`Node`]
+//! on whichever node the client reached; `Node` runs the operation locally when this node
+//! leads and otherwise forwards it to the leader over peer RPC (`/raft/propose`,
+//! `/raft/read-index`, …), retrying across elections until the request deadline. Each
+//! proposal carries a request id fixed before the first attempt, so a retry of a command
+//! that did commit is answered from the state machine's de-duplication table, not re-applied.
+//!
+//! A leader refuses work once it has not heard from a majority for the quorum lease
+//! (openraft 0.9 has no check-quorum): a partitioned leader answers 503 quickly instead of
+//! accepting writes that cannot commit.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::client::{HttpClient, SendError};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::raft::command::{Chunk, Command, CommandResult, Commit, Data, Delete, Dir, Rename, Write};
+use crate::raft::log_store::LogReader;
+use crate::raft::{NodeId, PeerNode, Raft, PEER_PREFIX};
+use crate::store::{files, FileStore};
+
+/// Pause between attempts while no leader is known or the leader is unreachable.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why the leader-side half of an operation did not run; travels between nodes as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Refusal {
+    /// This node is not the leader (any more): find the leader and retry.
+    NotLeader,
+    /// A membership change is in progress: retry shortly.
+    Busy,
+    /// A transient failure reaching the leader (it is down, an election is under way): retry.
+    Transient(String),
+    /// The cluster cannot do it now (no quorum, timeout): give up with 503.
+    Unavailable(String),
+    /// The request itself is wrong (e.g. joining under a name another member has).
+    Rejected(String),
+}
+
+/// What a leader-side operation answers.
+pub type LeaderReply<T> = std::result::Result<T, Refusal>;
+
+/// A join request: the new member's id and advertised name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Raft id of the joining node.
+    pub id: NodeId,
+    /// Its advertised `host:port`.
+    pub name: String,
+}
+
+/// A removal request, by advertised name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// The member's `host:port`.
+    pub name: String,
+}
+
+/// What `GET /status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's advertised name.
+    pub name: String,
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    /// The leader's name, if one is known.
+    pub leader: Option<String>,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit_index: Option<u64>,
+    /// Highest index applied to the local files.
+    pub applied_index: Option<u64>,
+    /// Highest index in the local log.
+    pub last_log_index: Option<u64>,
+    /// Index up to which the log is compacted into the snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Voting members' names.
+    pub members: Vec<String>,
+    /// Non-voting members' names.
+    pub learners: Vec<String>,
+    /// On a leader: time since a majority last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// The handle front ends share.
+pub struct Node {
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// This node's advertised name.
+    pub name: String,
+    raft: Raft,
+    store: FileStore,
+    log: LogReader,
+    committed: Arc<AtomicU64>,
+    client: HttpClient,
+    config: Config,
+    /// Signalled when the cluster removes this node, so the server shuts down.
+    removed: tokio::sync::Notify,
+}
+
+impl Node {
+    /// Wires the handle; `server` builds the parts.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        store: FileStore,
+        log: LogReader,
+        committed: Arc<AtomicU64>,
+        client: HttpClient,
+        config: Config,
+    ) -> Self {
+        let name = config.name();
+        Node { id, name, raft, store, log, committed, client, config, removed: Default::default() }
+    }
+
+    /// The local replica's read API.
+    pub fn store(&self) -> &FileStore {
+        &self.store
+    }
+
+    /// The Raft handle, for peer RPC handlers.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The log file's text, as `GET /log` serves it.
+    pub fn log_text(&self) -> Result<Vec<u8>> {
+        self.log.text().map_err(|e| Error::io("read log", e))
+    }
+
+    /// Resolves when the cluster has removed this node.
+    pub async fn removed(&self) {
+        self.removed.notified().await
+    }
+
+    /// Marks this node removed (told so by the leader).
+    pub fn mark_removed(&self) {
+        warn!("this node was removed from the cluster; shutting down");
+        self.removed.notify_one();
+    }
+
+    // ---- operations any front end may call on any node -------------------------------
+
+    /// Replaces a whole file, in chunks if it is larger than one entry may carry.
+    pub async fn write_file(&self, name: &str, body: Bytes) -> Result<()> {
+        files::validate(name)?;
+        let mtime = files::now_nanos();
+        if body.len() <= self.config.chunk_size {
+            let cmd = Command::Write(Write { filename: name.into(), data: Data(body.to_vec()), mtime, req: None });
+            return self.propose(cmd).await;
+        }
+        let upload: u64 = rand::random();
+        let staged = async {
+            for (seq, piece) in body.chunks(self.config.chunk_size).enumerate() {
+                let chunk = Chunk { upload, seq: seq as u32, data: Data(piece.to_vec()) };
+                self.propose(Command::Chunk(chunk)).await?;
+            }
+            let commit = Commit { upload, filename: Some(name.into()), mtime, req: None };
+            self.propose(Command::Commit(commit)).await
+        };
+        let result = staged.await;
+        if result.is_err() {
+            let abort = Commit { upload, filename: None, mtime, req: None };
+            if let Err(e) = self.propose(Command::Commit(abort)).await {
+                debug!(cause = %e, upload, "could not abort upload");
+            }
+        }
+        result
+    }
+
+    /// Removes a file, or an empty directory.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        files::validate(name)?;
+        let cmd = match self.store.stat(name) {
+            Ok(s) if s.is_dir => Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None }),
+            _ => Command::Delete(Delete { filename: name.into(), req: None }),
+        };
+        self.propose(cmd).await
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, name: &str) -> Result<()> {
+        files::validate(name)?;
+        self.propose(Command::Mkdir(Dir { dirname: name.into(), mtime: files::now_nanos(), req: None })).await
+    }
+
+    /// Renames a file or directory.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        files::validate(from)?;
+        files::validate(to)?;
+        self.propose(Command::Rename(Rename { from: from.into(), to: to.into(), req: None })).await
+    }
+
+    /// Replicates one command through the leader and returns its replicated outcome.
+    pub async fn propose(&self, mut cmd: Command) -> Result<()> {
+        if cmd.req().is_none() {
+            cmd.set_req(rand::random());
+        }
+        let result: CommandResult =
+            self.on_leader("propose", &cmd, |timeout| self.propose_local(cmd.clone(), timeout)).await?;
+        result.map_err(Error::from)
+    }
+
+    /// Waits until this node's files reflect every write committed before the call began
+    /// (read-index through the leader, then wait for the local apply).
+    pub async fn read_barrier(&self) -> Result<()> {
+        let started = Instant::now();
+        let index: Option<u64> = self.on_leader("read-index", &(), |timeout| self.read_index_local(timeout)).await?;
+        let Some(index) = index else { return Ok(()) };
+        let remaining = self.config.request_timeout.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("local replica did not catch up to index {index}: {e}")))
+    }
+
+    /// Adds a node to the cluster (through the leader).
+    pub async fn join(&self, req: JoinRequest) -> Result<()> {
+        self.on_leader("join", &req, |timeout| self.join_local(req.clone(), timeout)).await
+    }
+
+    /// Removes a member by name (through the leader).
+    pub async fn remove(&self, req: RemoveRequest) -> Result<()> {
+        self.on_leader("remove", &req, |timeout| self.remove_local(req.clone(), timeout)).await
+    }
+
+    /// Runs `local` here if this node leads, else forwards `body` to the leader's
+    /// `/raft/<route>`; retries through elections until the request deadline.
+    async fn on_leader<T, B, F, Fut>(&self, route: &str, body: &B, local: F) -> Result<T>
+    where
+        T: DeserializeOwned,
+        B: Serialize,
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = LeaderReply<T>>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut why = String::from("no leader is elected");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Unavailable(format!("gave up after {:?}: {why}", self.config.request_timeout)));
+            }
+            let (leader_id, leader_name) = self.leader();
+            let reply = if leader_id == Some(self.id) {
+                local(remaining).await
+            } else if let Some(name) = leader_name {
+                self.forward(&name, route, body, remaining).await
+            } else {
+                Err(Refusal::NotLeader)
+            };
+            match reply {
+                Ok(v) => return Ok(v),
+                Err(Refusal::NotLeader) => {}
+                Err(Refusal::Busy) => why = "a membership change is in progress".into(),
+                Err(Refusal::Transient(msg)) => why = msg,
+                Err(Refusal::Unavailable(msg)) => return Err(Error::Unavailable(msg)),
+                Err(Refusal::Rejected(msg)) => return Err(Error::BadRequest(msg)),
+            }
+            tokio::time::sleep(RETRY_INTERVAL.min(remaining)).await;
+        }
+    }
+
+    async fn forward<T: DeserializeOwned>(
+        &self,
+        leader: &str,
+        route: &str,
+        body: &impl Serialize,
+        timeout: Duration,
+    ) -> LeaderReply<T> {
+        let path = format!("{PEER_PREFIX}/{route}");
+        match self.client.post_json(leader, &path, body, timeout).await {
+            Ok(resp) if resp.status.is_success() => resp.json::<LeaderReply<T>>().unwrap_or_else(|e| {
+                Err(Refusal::Unavailable(format!("leader {leader} sent an unreadable answer: {e}")))
+            }),
+            Ok(resp) => Err(Refusal::Transient(format!("leader {leader} answered {}: {}", resp.status, resp.text()))),
+            // Nothing was sent: the leader is down; an election will name another.
+            Err(e @ SendError::Connect(..)) => Err(Refusal::Transient(e.to_string())),
+            Err(e @ SendError::Timeout(..)) => Err(Refusal::Unavailable(format!(
+                "no answer from leader {leader} in time; the outcome is unknown ({e})"
+            ))),
+            Err(e) => Err(Refusal::Transient(e.to_string())),
+        }
+    }
+
+    /// The current leader's id and name, as this node believes.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader;
+        let name = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()));
+        (id, name)
+    }
+
+    /// Refuses if this node is not a leader in good standing.
+    fn check_leader(&self) -> LeaderReply<()> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader {
+            return Err(Refusal::NotLeader);
+        }
+        let lease = self.config.quorum_lease();
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms > lease.as_millis() as u64 => Err(Refusal::Unavailable(format!(
+                "no quorum: leader {} has not heard from a majority for {ms} ms",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- leader-side halves (also the targets of forwarded requests) ------------------
+
+    /// Appends and commits a command on this node, which must be the leader.
+    pub async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<CommandResult> {
+        self.check_leader()?;
+        debug!(name = cmd.name(), "propose");
+        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+            Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+            Err(_) => Err(Refusal::Unavailable(format!(
+                "not committed within {timeout:?} (no quorum?); the write may still be applied later"
+            ))),
+        }
+    }
+
+    /// Confirms leadership with a quorum and returns the index a linearizable read must see.
+    pub async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
+        self.check_leader()?;
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(Refusal::Unavailable(format!("no quorum: {e}")))
+            }
+            Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+            Err(_) => Err(Refusal::Unavailable(format!("no quorum confirmed leadership within {timeout:?}"))),
+        }
+    }
+
+    /// Adds a learner and promotes it to voter; idempotent.
+    pub async fn join_local(&self, req: JoinRequest, timeout: Duration) -> LeaderReply<()> {
+        self.check_leader()?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        if let Some((other, _)) = membership.nodes().find(|(id, n)| n.name == req.name && **id != req.id) {
+            return Err(Refusal::Rejected(format!(
+                "{} is already the name of member {other}; remove it first (POST /cluster/remove)",
+                req.name
+            )));
+        }
+        if membership.voter_ids().any(|id| id == req.id) {
+            return Ok(());
+        }
+        info!(id = req.id, name = %req.name, "adding node");
+        let node = PeerNode { name: req.name.clone() };
+        let deadline = Instant::now() + timeout;
+        let added = tokio::time::timeout(timeout, self.raft.add_learner(req.id, node, true)).await;
+        membership_outcome(added)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
+        membership_outcome(tokio::time::timeout(remaining, self.raft.change_membership(change, false)).await)
+    }
+
+    /// Removes a member; tells it so, so it stops campaigning.
+    pub async fn remove_local(&self, req: RemoveRequest, timeout: Duration) -> LeaderReply<()> {
+        self.check_leader()?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        let Some(id) = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id) else {
+            return Err(Refusal::Rejected(format!("no member is named {}", req.name)));
+        };
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        info!(id, name = %req.name, "removing node");
+        membership_outcome(tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await)?;
+        if id != self.id {
+            let path = format!("{PEER_PREFIX}/removed?target={id}");
+            if let Err(e) = self.client.post_json(&req.name, &path, &(), Duration::from_secs(1)).await {
+                debug!(cause = %e, "could not tell the removed node");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- status -------------------------------------------------------------------------
+
+    /// A snapshot of this node's view of the cluster.
+    pub fn status(&self) -> Status {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let name_of = |id: &NodeId| membership.get_node(id).map(|n| n.name.clone()).unwrap_or_else(|| id.to_string());
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let committed = self.committed.load(Ordering::Relaxed);
+        Status {
+            name: self.name.clone(),
+            id: self.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader.as_ref().map(name_of),
+            term: m.current_term,
+            commit_index: committed.checked_sub(1),
+            applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members: voters.iter().map(name_of).collect(),
+            learners: membership.learner_ids().filter(|id| !voters.contains(id)).map(|id| name_of(&id)).collect(),
+            millis_since_quorum_ack: if m.state == ServerState::Leader { m.millis_since_quorum_ack } else { None },
+        }
+    }
+}
+
+type MembershipResult<T> = std::result::Result<
+    std::result::Result<T, RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>>,
+    tokio::time::error::Elapsed,
+>;
+
+fn membership_outcome<T>(r: MembershipResult<T>) -> LeaderReply<()> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))) => {
+            Err(Refusal::Busy)
+        }
+        Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+        Err(_) => Err(Refusal::Unavailable("membership change did not commit in time".into())),
+    }
+}

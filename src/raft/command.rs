@@ -1,0 +1,284 @@
+//! The replicated vocabulary: what a log entry asks the state machine to do, and what it answered.
+//!
+//! Commands are complete and deterministic: the leader fills in everything that varies (mtime,
+//! request id), so applying the same entry on any node, or again after a crash, yields the same
+//! tree. Large contents never travel as one entry: they are cut into `file:chunk` entries that
+//! stage an upload, and a `file:commit` moves the assembled file into place.
+
+use base64::Engine as _;
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A client-chosen id that lets the state machine recognise a retried command.
+pub type RequestId = u64;
+
+/// File contents inside a command. UTF-8 stays readable in the log (`"content":"BAR"`); any
+/// other bytes are base64 under `content_b64`, so every replica gets the exact bytes.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Data(pub Vec<u8>);
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Data({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => map.serialize_entry("content", text)?,
+            Err(_) => map.serialize_entry("content_b64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?,
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DataVisitor;
+        impl<'de> Visitor<'de> for DataVisitor {
+            type Value = Data;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map with `content` or `content_b64`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
+                let mut data = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "content" => data = Some(map.next_value::<String>()?.into_bytes()),
+                        "content_b64" => {
+                            let text = map.next_value::<String>()?;
+                            let bytes =
+                                base64::engine::general_purpose::STANDARD.decode(text).map_err(de::Error::custom)?;
+                            data = Some(bytes);
+                        }
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                data.map(Data).ok_or_else(|| de::Error::missing_field("content"))
+            }
+        }
+        d.deserialize_map(DataVisitor)
+    }
+}
+
+/// Replace a whole file (creating parent directories).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Write {
+    /// Relative path inside the replicated tree.
+    pub filename: String,
+    /// The new contents.
+    #[serde(flatten)]
+    pub data: Data,
+    /// Modification time, nanoseconds since the Unix epoch, chosen by the proposer.
+    pub mtime: u64,
+    /// Retry de-duplication id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<RequestId>,
+}
+
+/// Remove a file (not a directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delete {
+    /// Relative path inside the replicated tree.
+    pub filename: String,
+    /// Retry de-duplication id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<RequestId>,
+}
+
+/// Create or remove a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dir {
+    /// Relative path inside the replicated tree.
+    pub dirname: String,
+    /// Modification time for a created directory, nanoseconds since the epoch.
+    #[serde(default)]
+    pub mtime: u64,
+    /// Retry de-duplication id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<RequestId>,
+}
+
+/// Rename a file or directory, replacing the target where POSIX rename(2) allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    /// Existing relative path.
+    pub from: String,
+    /// New relative path.
+    pub to: String,
+    /// Retry de-duplication id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<RequestId>,
+}
+
+/// Stage one piece of a large file under an upload id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Upload this piece belongs to.
+    pub upload: u64,
+    /// Position of the piece in the file, from 0.
+    pub seq: u32,
+    /// The bytes of this piece.
+    #[serde(flatten)]
+    pub data: Data,
+}
+
+/// Move a staged upload into place as one file (or drop it, with `filename: None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// Upload to assemble.
+    pub upload: u64,
+    /// Destination; `None` aborts the upload.
+    pub filename: Option<String>,
+    /// Modification time, nanoseconds since the epoch.
+    #[serde(default)]
+    pub mtime: u64,
+    /// Retry de-duplication id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<RequestId>,
+}
+
+/// One replicated file operation; the variant decides the log line's command name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `file:write`
+    Write(Write),
+    /// `file:delete`
+    Delete(Delete),
+    /// `file:mkdir`
+    Mkdir(Dir),
+    /// `file:rmdir`
+    Rmdir(Dir),
+    /// `file:rename`
+    Rename(Rename),
+    /// `file:chunk`
+    Chunk(Chunk),
+    /// `file:commit`
+    Commit(Commit),
+}
+
+impl Command {
+    /// The name written in the log line; every file operation starts with `file:`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Write(_) => "file:write",
+            Command::Delete(_) => "file:delete",
+            Command::Mkdir(_) => "file:mkdir",
+            Command::Rmdir(_) => "file:rmdir",
+            Command::Rename(_) => "file:rename",
+            Command::Chunk(_) => "file:chunk",
+            Command::Commit(_) => "file:commit",
+        }
+    }
+
+    /// The request id, if the proposer set one.
+    pub fn req(&self) -> Option<RequestId> {
+        match self {
+            Command::Write(c) => c.req,
+            Command::Delete(c) => c.req,
+            Command::Mkdir(c) | Command::Rmdir(c) => c.req,
+            Command::Rename(c) => c.req,
+            Command::Commit(c) => c.req,
+            Command::Chunk(_) => None,
+        }
+    }
+
+    /// Sets the request id on commands that carry one.
+    pub fn set_req(&mut self, id: RequestId) {
+        match self {
+            Command::Write(c) => c.req = Some(id),
+            Command::Delete(c) => c.req = Some(id),
+            Command::Mkdir(c) | Command::Rmdir(c) => c.req = Some(id),
+            Command::Rename(c) => c.req = Some(id),
+            Command::Commit(c) => c.req = Some(id),
+            Command::Chunk(_) => {}
+        }
+    }
+
+    /// The command's body as the JSON object shown after its name in the log.
+    pub fn body_json(&self) -> serde_json::Result<String> {
+        match self {
+            Command::Write(c) => serde_json::to_string(c),
+            Command::Delete(c) => serde_json::to_string(c),
+            Command::Mkdir(c) | Command::Rmdir(c) => serde_json::to_string(c),
+            Command::Rename(c) => serde_json::to_string(c),
+            Command::Chunk(c) => serde_json::to_string(c),
+            Command::Commit(c) => serde_json::to_string(c),
+        }
+    }
+
+    /// Parses a log line's name and JSON body back into a command; `None` for an unknown name.
+    pub fn from_name_json(name: &str, json: &str) -> Option<serde_json::Result<Command>> {
+        Some(match name {
+            "file:write" => serde_json::from_str(json).map(Command::Write),
+            "file:delete" => serde_json::from_str(json).map(Command::Delete),
+            "file:mkdir" => serde_json::from_str(json).map(Command::Mkdir),
+            "file:rmdir" => serde_json::from_str(json).map(Command::Rmdir),
+            "file:rename" => serde_json::from_str(json).map(Command::Rename),
+            "file:chunk" => serde_json::from_str(json).map(Command::Chunk),
+            "file:commit" => serde_json::from_str(json).map(Command::Commit),
+            _ => return None,
+        })
+    }
+}
+
+/// A deterministic failure of a file operation: every replica reaches the same one, so it is
+/// an answer to the client, never a storage fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FileError {
+    /// The path (or a parent) does not exist.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// The target already exists.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A file was found where a directory was needed.
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    /// A directory was found where a file was needed.
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    /// The directory still has entries.
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
+    /// The operation makes no sense for these paths (e.g. moving a directory into itself).
+    #[error("{0}: invalid argument")]
+    Invalid(String),
+}
+
+/// What applying one entry produced; `Ok` for raft-internal entries.
+pub type CommandResult = Result<(), FileError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_stays_readable_in_json() {
+        let c = Command::Write(Write { filename: "foo".into(), data: Data(b"BAR".to_vec()), mtime: 7, req: None });
+        assert_eq!(c.name(), "file:write");
+        assert_eq!(c.body_json().unwrap(), r#"{"filename":"foo","content":"BAR","mtime":7}"#);
+    }
+
+    #[test]
+    fn binary_round_trips_through_base64() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let c = Command::Write(Write { filename: "bin".into(), data: Data(bytes.clone()), mtime: 0, req: Some(3) });
+        let json = c.body_json().unwrap();
+        assert!(json.contains("content_b64"), "{json}");
+        let back = Command::from_name_json("file:write", &json).unwrap().unwrap();
+        assert_eq!(back, c);
+        let wire = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&wire).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_names_are_reported() {
+        assert!(Command::from_name_json("file:nope", "{}").is_none());
+    }
+}

@@ -1,0 +1,438 @@
+//! openraft's log storage over the human-readable `log` file.
+//!
+//! The file is the log: one line per entry (see `log_format`), appended in index order. Memory
+//! holds only each present entry's byte offset and term, so reads are `pread`s of the file and
+//! memory does not grow with the size of the contents being replicated.
+//!
+//! Durability: `append` writes the lines and returns at once (they are readable), then hands
+//! openraft's callback to a flusher thread. The flusher takes every callback queued while the
+//! previous `fdatasync` ran and covers them all with one more: group commit. openraft is told an
+//! entry is stored only after an fsync that followed its write. `truncate` and `purge` sync
+//! inline before returning, so no later write can overtake them. The vote and the purge point
+//! are small JSON files replaced atomically (`vote`, `purged`).
+//!
+//! Loading verifies every line's checksum and that indexes are contiguous. A damaged *last*
+//! line is a write torn by a crash (it was never acknowledged): it is cut off with a warning.
+//! Damage anywhere else is corruption: the node refuses to start and names the line.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, Vote};
+use tracing::{debug, info, warn};
+
+use super::log_format::{self, DecodeError};
+use super::{storage_io, Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+
+/// Largest batch of entry bytes one read returns to a replication stream. openraft bounds
+/// every AppendEntries by `heartbeat_interval`; keeping each under a few MiB keeps it inside
+/// that budget even when entries carry file chunks. A single larger entry is still returned.
+pub const MAX_READ_BYTES: u64 = 4 << 20;
+
+/// Name of the log file inside the data directory.
+pub const LOG_FILE: &str = "log";
+
+/// The log store handed to openraft; also the place the commit index is observed.
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+/// A cheap, cloneable reader used by openraft's replication tasks and by `GET /log`.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// Readers share it; append, truncate and purge take it exclusively. std lock: nothing
+    /// awaits while holding it.
+    log: Arc<RwLock<LogFile>>,
+    /// Callbacks waiting for the next group fsync. Unbounded: at most one per append call,
+    /// and openraft bounds in-flight appends.
+    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Highest committed index + 1 (0 = nothing committed yet), for `/status`.
+    committed: Arc<AtomicU64>,
+}
+
+/// The open log file and the position of every entry in it.
+struct LogFile {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Index of the first entry present (= last purged + 1, or 0 for a fresh log).
+    first_index: u64,
+    /// (byte offset, term) of each present entry, from `first_index` on. Invariant: indexes
+    /// are contiguous; offsets increase.
+    entries: VecDeque<(u64, u64)>,
+    /// Length of the file in bytes: where the next line goes.
+    end: u64,
+    last_purged: Option<LogId>,
+}
+
+impl LogFile {
+    fn next_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        match self.entries.back() {
+            Some(&(_, term)) => Some(log_id(term, self.next_index() - 1)),
+            None => self.last_purged,
+        }
+    }
+
+    fn offset_of(&self, index: u64) -> u64 {
+        match self.entries.get((index - self.first_index) as usize) {
+            Some(&(offset, _)) => offset,
+            None => self.end,
+        }
+    }
+
+    /// Reads the lines of entries in `[start, end)`, clamped to what is present.
+    fn read_lines(&self, start: u64, end: u64, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+        let start = start.max(self.first_index);
+        let end = end.min(self.next_index());
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let from = self.offset_of(start);
+        let mut to = self.offset_of(end);
+        if to - from > max_bytes {
+            // Keep whole lines: stop at the last entry boundary inside the budget, but always
+            // return at least one entry.
+            to = self.offset_of(start + 1);
+            for index in start + 1..end {
+                let next = self.offset_of(index + 1);
+                if next - from > max_bytes {
+                    break;
+                }
+                to = next;
+            }
+        }
+        let mut buf = vec![0; (to - from) as usize];
+        self.file.read_exact_at(&mut buf, from)?;
+        Ok(buf)
+    }
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(openraft::CommittedLeaderId::new(term, 0), index)
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, verifying every line.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let last_purged: Option<LogId> = fsutil::read_json(&dir.join("purged"))?.flatten();
+        let mut log = load(&dir.join(LOG_FILE), last_purged)?;
+        if log.entries.front().map(|&(offset, _)| offset > 0).unwrap_or(log.end > 0 && log.entries.is_empty()) {
+            // Lines at or below the purge point survived a crash during purge: finish it.
+            let first = log.first_index;
+            rewrite_from(&mut log, first).context(|| "finish interrupted purge".into())?;
+        }
+        info!(path = %log.path.display(), first = log.first_index, next = log.next_index(), "log loaded");
+        let log = Arc::new(RwLock::new(log));
+        let (flush_tx, flush_rx) = mpsc::channel();
+        let flusher_log = log.clone();
+        std::thread::Builder::new()
+            .name("raftd-log-flush".into())
+            .spawn(move || run_flusher(flusher_log, flush_rx))
+            .context(|| "spawn log flusher".into())?;
+        let shared = Shared { dir: dir.to_path_buf(), log, flush_tx, committed: Arc::default() };
+        Ok(LogStore { shared: Arc::new(shared) })
+    }
+
+    /// A reader for `GET /log` and tests.
+    pub fn reader(&self) -> LogReader {
+        LogReader { shared: self.shared.clone() }
+    }
+
+    /// Highest committed index + 1 (0 before anything is committed), updated by openraft.
+    pub fn committed_handle(&self) -> Arc<AtomicU64> {
+        self.shared.committed.clone()
+    }
+}
+
+impl LogReader {
+    /// The raw text of the present log, exactly as in the file.
+    pub fn text(&self) -> std::io::Result<Vec<u8>> {
+        let log = self.shared.log.read().expect("log lock poisoned");
+        log.read_lines(log.first_index, log.next_index(), u64::MAX)
+    }
+
+    fn read(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let bytes = {
+            let log = self.shared.log.read().expect("log lock poisoned");
+            log.read_lines(start, end, max_bytes)
+        }
+        .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        bytes
+            .split_inclusive(|&b| b == b'\n')
+            .map(|line| {
+                log_format::decode(line)
+                    .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other(e)))
+            })
+            .collect()
+    }
+}
+
+fn range_to_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_bounds(&range);
+        self.read(start, end, u64::MAX)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read(start, end, MAX_READ_BYTES)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.reader().try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let log = self.shared.log.read().expect("log lock poisoned");
+        Ok(LogState { last_purged_log_id: log.last_purged, last_log_id: log.last_log_id() })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        debug!(%vote, "save vote");
+        let bytes = serde_json::to_vec(vote).map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e.into()))?;
+        fsutil::write_atomic(&self.shared.dir.join("vote"), &bytes)
+            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, std::io::Error::other(e.to_string())))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        fsutil::read_json(&self.shared.dir.join("vote"))
+            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Read, std::io::Error::other(e.to_string())))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Kept in memory for /status only: the state machine's own applied marker is durable,
+        // and openraft re-learns the commit index from the leader after a restart.
+        let value = committed.map(|c| c.index + 1).unwrap_or(0);
+        self.shared.committed.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let write_err = |e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        for entry in entries {
+            let start = buf.len() as u64;
+            log_format::encode(&entry, &mut buf).map_err(|e| write_err(e.into()))?;
+            lines.push((start, entry.log_id));
+        }
+        {
+            let mut log = self.shared.log.write().expect("log lock poisoned");
+            let next = log.next_index();
+            for (i, (_, id)) in lines.iter().enumerate() {
+                let expected = next + i as u64;
+                if id.index != expected {
+                    let msg = format!("append of index {} but next index is {expected}", id.index);
+                    return Err(write_err(std::io::Error::other(msg)));
+                }
+            }
+            let base = log.end;
+            log.file.write_all_at(&buf, base).map_err(write_err)?;
+            for (start, id) in lines {
+                log.entries.push_back((base + start, id.leader_id.term));
+            }
+            log.end = base + buf.len() as u64;
+        }
+        if let Err(mpsc::SendError(callback)) = self.shared.flush_tx.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        debug!(%log_id, "truncate log");
+        let mut log = self.shared.log.write().expect("log lock poisoned");
+        if log_id.index >= log.next_index() {
+            return Ok(());
+        }
+        let keep = log_id.index.saturating_sub(log.first_index) as usize;
+        let offset = log.offset_of(log_id.index.max(log.first_index));
+        let err = |e| storage_io(ErrorSubject::Logs, ErrorVerb::Delete, e);
+        log.file.set_len(offset).map_err(err)?;
+        log.file.sync_data().map_err(err)?;
+        log.entries.truncate(keep);
+        log.end = offset;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        debug!(%log_id, "purge log");
+        let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Delete, e);
+        // Record the purge point first: a crash after this leaves stale lines that `open`
+        // drops, never a log whose first entry has an unknown predecessor.
+        let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| err(e.into()))?;
+        fsutil::write_atomic(&self.shared.dir.join("purged"), &bytes)
+            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        let mut log = self.shared.log.write().expect("log lock poisoned");
+        log.last_purged = Some(log_id);
+        if log_id.index < log.first_index {
+            return Ok(());
+        }
+        rewrite_from(&mut log, log_id.index + 1).map_err(err)
+    }
+}
+
+/// Rewrites the file to hold only entries from `keep_from` on: copy them to a temp file, fsync,
+/// rename over the log, fsync the directory, then switch handles.
+fn rewrite_from(log: &mut LogFile, keep_from: u64) -> std::io::Result<()> {
+    let keep_from = keep_from.max(log.first_index);
+    let base = log.offset_of(keep_from.min(log.next_index()));
+    let tail = if keep_from < log.next_index() { log.read_lines(keep_from, u64::MAX, u64::MAX)? } else { Vec::new() };
+    let tmp = log.path.with_extension("tmp");
+    std::fs::write(&tmp, &tail)?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &log.path)?;
+    fsutil::sync_parent(&log.path).map_err(|e| std::io::Error::other(e.to_string()))?;
+    log.file = Arc::new(open_rw(&log.path)?);
+    let drop_count = (keep_from - log.first_index).min(log.entries.len() as u64) as usize;
+    log.entries.drain(..drop_count);
+    for entry in log.entries.iter_mut() {
+        entry.0 -= base;
+    }
+    log.first_index = keep_from;
+    log.end -= base;
+    Ok(())
+}
+
+fn open_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+}
+
+/// Reads and verifies the whole log file.
+fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
+    let file = open_rw(path).context(|| format!("open {}", path.display()))?;
+    let mut reader = BufReader::new(file.try_clone().context(|| format!("open {}", path.display()))?);
+    let first_index = last_purged.map(|p| p.index + 1).unwrap_or(0);
+    let mut log = LogFile {
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        first_index,
+        entries: VecDeque::new(),
+        end: 0,
+        last_purged,
+    };
+    let mut offset = 0u64;
+    let mut line = Vec::new();
+    let mut line_no = 0usize;
+    let mut expected: Option<u64> = None;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let at_end = reader.fill_buf().map(|b| b.is_empty()).unwrap_or(false);
+        let index_hint = expected.map(|e| format!(" (entry at index {e})")).unwrap_or_default();
+        let header = match log_format::decode_header(&line) {
+            Ok(h) => h,
+            Err(e) if at_end => {
+                warn!(path = %path.display(), line = line_no, cause = %e, "dropping torn last log line");
+                log.file.set_len(offset).context(|| format!("truncate {}", path.display()))?;
+                log.file.sync_data().context(|| format!("fsync {}", path.display()))?;
+                break;
+            }
+            Err(e) => return Err(corrupt(path, line_no, format!("{e}{index_hint}"))),
+        };
+        if let Some(want) = expected {
+            if header.index != want {
+                return Err(corrupt(path, line_no, format!("index {} follows index {}", header.index, want - 1)));
+            }
+        }
+        if let Err(e @ DecodeError::Malformed(_)) = log_format::decode(&line).map(|_| ()) {
+            return Err(corrupt(path, line_no, format!("{e} (entry at index {})", header.index)));
+        }
+        expected = Some(header.index + 1);
+        if header.index >= first_index {
+            if log.entries.is_empty() {
+                log.first_index = header.index;
+            }
+            log.entries.push_back((offset, header.term));
+        }
+        offset += n as u64;
+    }
+    log.end = offset;
+    if let (Some(p), Some(_)) = (last_purged, log.entries.front()) {
+        if log.first_index != p.index + 1 {
+            let reason = format!("first entry is index {} but entries up to {} were purged", log.first_index, p.index);
+            return Err(corrupt(path, 1, reason));
+        }
+    }
+    Ok(log)
+}
+
+fn corrupt(path: &Path, line: usize, reason: String) -> Error {
+    Error::CorruptLog { path: path.to_path_buf(), line, reason }
+}
+
+/// Group commit: one fdatasync covers every append queued while the previous one ran.
+fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let file = log.read().expect("log lock poisoned").file.clone();
+        let result = file.sync_data();
+        for callback in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.log_io_completed(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! Outbound peer RPC: openraft's network factory over HTTP.
+//!
+//! Every call is a JSON POST to `/raft/<rpc>?target=<id>` on the peer's advertised address; the
+//! peer answers 200 with openraft's own `Result` as JSON. The target id lets a node refuse an
+//! RPC meant for someone else (an address reused by another node), which openraft's docs warn
+//! would otherwise make a leader replicate to the wrong member.
+//! Failures are classified for openraft: nothing sent (connect failed) is `Unreachable`, so it
+//! backs off; anything else is `Network`.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::debug;
+
+use super::{NodeId, PeerNode, TypeConfig, PEER_PREFIX};
+use crate::client::{HttpClient, SendError};
+
+/// Hands out per-peer connections that share one pool.
+pub struct Network {
+    client: HttpClient,
+}
+
+impl Network {
+    /// A factory over the node's shared client.
+    pub fn new(client: HttpClient) -> Self {
+        Network { client }
+    }
+}
+
+/// openraft's handle to one peer; creating it does no I/O.
+pub struct PeerConn {
+    client: HttpClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerConn {
+        PeerConn { client: self.client.clone(), target, addr: node.name.clone() }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>;
+
+impl PeerConn {
+    async fn call<Req, Resp, E>(&self, rpc: &str, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let path = format!("{PEER_PREFIX}/{rpc}?target={}", self.target);
+        let response = self.client.post_json(&self.addr, &path, req, ttl).await.map_err(|e| match e {
+            SendError::Connect(..) => RPCError::Unreachable(Unreachable::new(&e)),
+            other => RPCError::Network(NetworkError::new(&other)),
+        })?;
+        if !response.status.is_success() {
+            let msg = format!("{} answered {}: {}", self.addr, response.status, response.text());
+            return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(msg))));
+        }
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            response.json().map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        debug!(to = %self.addr, term = rpc.vote.leader_id().term, entries = rpc.entries.len(), commit = ?rpc.leader_commit.map(|c| c.index), "send append");
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        debug!(to = %self.addr, offset = rpc.offset, len = rpc.data.len(), done = rpc.done, "send snapshot chunk");
+        self.call("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        debug!(to = %self.addr, vote = %rpc.vote, "send vote request");
+        self.call("vote", &rpc, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,136 @@
+//! The composition root: open storage, build Raft, serve HTTP, join or initialize, stop.
+//!
+//! Order follows openraft: log store, state machine, network, `Raft::new`; then the listener
+//! (already bound by the caller, so tests can use port 0); then cluster membership. Shutdown
+//! reverses it: stop accepting requests first, then stop Raft, so no handler calls into a
+//! stopped core.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::client::HttpClient;
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::identity::{Identity, Start};
+use crate::node::{JoinRequest, Node};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::{PeerNode, Raft};
+use crate::store::{FileStore, StateMachine};
+
+/// How long a new node keeps asking its seed to add it before giving up.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between join attempts.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Binds the configured address and runs the node until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    identity: Identity,
+    start: Start,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = config.listen_addr();
+    let listener = TcpListener::bind(&addr).await.context(|| format!("listen on {addr}"))?;
+    serve(listener, config, identity, start, shutdown).await
+}
+
+/// Runs a node on an already-bound listener until `shutdown` resolves (or the cluster
+/// removes the node).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    identity: Identity,
+    start: Start,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let dir = &config.data_dir;
+    let log_store = LogStore::open(dir)?;
+    let (log_reader, committed) = (log_store.reader(), log_store.committed_handle());
+    let store = FileStore::open(dir)?;
+    let state_machine = StateMachine::open(dir, store.tree().clone(), store.change_sender())
+        .context(|| format!("open state machine in {}", dir.display()))?;
+    let client = HttpClient::new();
+    let raft_config = Arc::new(config.raft_config()?);
+    let raft = Raft::new(identity.id, raft_config, Network::new(client.clone()), log_store, state_machine)
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    let node =
+        Arc::new(Node::new(identity.id, raft.clone(), store, log_reader, committed, client.clone(), config.clone()));
+
+    let app = crate::http::router(node.clone());
+    let stopping = {
+        let node = node.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = node.removed() => {}
+            }
+        }
+    };
+    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future());
+
+    let joined = match start {
+        Start::Resume => Ok(()),
+        Start::Initialize => initialize(&raft, &identity).await,
+        Start::Join(seed) => join(&client, &seed, &identity).await,
+    };
+    if let Err(e) = joined {
+        server.abort();
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
+    info!(name = %identity.name, id = identity.id, "node running");
+
+    let served = server.await;
+    info!("stopping raft");
+    if let Err(e) = raft.shutdown().await {
+        warn!(cause = %e, "raft did not stop cleanly");
+    }
+    match served {
+        Ok(r) => r.context(|| "serve HTTP".into()),
+        Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
+    }
+}
+
+async fn initialize(raft: &Raft, identity: &Identity) -> Result<()> {
+    let members = BTreeMap::from([(identity.id, PeerNode { name: identity.name.clone() })]);
+    match raft.initialize(members).await {
+        Ok(()) => {
+            info!("initialized a new cluster");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(Error::Raft(format!("initialize: {e}"))),
+    }
+}
+
+async fn join(client: &HttpClient, seed: &str, identity: &Identity) -> Result<()> {
+    let req = JoinRequest { id: identity.id, name: identity.name.clone() };
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    loop {
+        let why = match client.post_json(seed, "/cluster/join", &req, JOIN_DEADLINE).await {
+            Ok(resp) if resp.status.is_success() => {
+                info!(seed, "joined the cluster");
+                return Ok(());
+            }
+            Ok(resp) if resp.status.is_client_error() => {
+                return Err(Error::Peer { peer: seed.into(), message: format!("refused the join: {}", resp.text()) })
+            }
+            Ok(resp) => format!("{}: {}", resp.status, resp.text()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + JOIN_RETRY > deadline {
+            return Err(Error::Peer { peer: seed.into(), message: format!("could not join: {why}") });
+        }
+        warn!(seed, cause = %why, "join failed, retrying");
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+}

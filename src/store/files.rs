@@ -1,0 +1,283 @@
+//! The replicated tree on disk: name rules, and the file operations that `apply` performs.
+//!
+//! Layout inside the data directory:
+//!
+//! ```text
+//! files/            the replicated tree, exactly what clients see (nothing else lives here)
+//! sm/applied        last applied log id and membership (the state machine's own marker)
+//! sm/tmp/           temp files, renamed into files/ when complete
+//! sm/uploads/<id>/  staged chunks of large files, assembled by file:commit
+//! ```
+//!
+//! Every change to `files/` is a rename of a complete temp file, an unlink, a mkdir/rmdir or a
+//! rename: no file in the tree is ever modified in place. So readers always see whole
+//! versions, and snapshots can hard-link the tree instead of copying it.
+//!
+//! Outcomes that depend only on the tree (missing file, not a directory, …) are
+//! [`FileError`]s: every replica reaches the same one. Anything else (EIO, ENOSPC) is a local
+//! fault and is returned as an io error, which stops this node rather than let it diverge.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::raft::command::{Chunk, Commit, Data, FileError};
+
+/// Longest accepted path component, in bytes (the usual filesystem limit).
+pub const MAX_COMPONENT: usize = 255;
+/// Longest accepted path, in bytes.
+pub const MAX_PATH: usize = 1024;
+/// Deepest accepted nesting.
+pub const MAX_DEPTH: usize = 32;
+
+/// Checks that `name` is a clean relative path: `/`-separated normal components, none empty,
+/// `.` or `..`, no NUL, within the length limits. Names that pass can only ever resolve
+/// inside the tree, because raftd never creates symlinks there.
+pub fn validate(name: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidPath { path: name.to_string(), reason });
+    if name.is_empty() {
+        return bad("empty path");
+    }
+    if name.len() > MAX_PATH {
+        return bad("path longer than 1024 bytes");
+    }
+    if name.contains('\0') {
+        return bad("NUL byte in path");
+    }
+    if name.starts_with('/') {
+        return bad("absolute path");
+    }
+    let mut depth = 0;
+    for component in name.split('/') {
+        depth += 1;
+        match component {
+            "" => return bad("empty path component"),
+            "." | ".." => return bad("`.` and `..` are not allowed"),
+            c if c.len() > MAX_COMPONENT => return bad("path component longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    if depth > MAX_DEPTH {
+        return bad("more than 32 path components");
+    }
+    Ok(())
+}
+
+/// Converts a command's nanosecond timestamp to a `SystemTime`.
+pub fn time_from_nanos(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// Nanoseconds since the epoch now: what a proposer stamps on a command.
+pub fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Maps an io error to the deterministic outcome it stands for, or keeps it as a local fault.
+fn outcome(name: &str, e: io::Error) -> io::Result<FileError> {
+    let name = name.to_string();
+    Ok(match e.raw_os_error() {
+        Some(libc::ENOENT) => FileError::NotFound(name),
+        Some(libc::EEXIST) => FileError::AlreadyExists(name),
+        Some(libc::ENOTDIR) => FileError::NotADirectory(name),
+        Some(libc::EISDIR) => FileError::IsADirectory(name),
+        Some(libc::ENOTEMPTY) => FileError::NotEmpty(name),
+        Some(libc::EINVAL) => FileError::Invalid(name),
+        _ => return Err(e),
+    })
+}
+
+/// Result of one tree operation: outer `Err` is a local fault, inner `Err` a replicated outcome.
+pub type Applied = io::Result<Result<(), FileError>>;
+
+fn settle(name: &str, r: io::Result<()>) -> Applied {
+    match r {
+        Ok(()) => Ok(Ok(())),
+        Err(e) => outcome(name, e).map(Err),
+    }
+}
+
+/// The replicated tree and its staging areas.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// `files/`: the tree clients see.
+    pub root: PathBuf,
+    /// `sm/tmp/`: temp files for atomic replace.
+    pub tmp: PathBuf,
+    /// `sm/uploads/`: staged chunks.
+    pub uploads: PathBuf,
+}
+
+impl Tree {
+    /// Opens the layout under `data_dir`, creating missing directories and clearing temp files
+    /// left by a crash.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let tree = Tree {
+            root: data_dir.join("files"),
+            tmp: data_dir.join("sm").join("tmp"),
+            uploads: data_dir.join("sm").join("uploads"),
+        };
+        let _ = fs::remove_dir_all(&tree.tmp);
+        for dir in [&tree.root, &tree.tmp, &tree.uploads] {
+            fs::create_dir_all(dir)?;
+        }
+        Ok(tree)
+    }
+
+    /// Where a (validated) name lives on disk.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn temp(&self, tag: u64) -> PathBuf {
+        self.tmp.join(format!("{tag:016x}"))
+    }
+
+    /// Creates the parents of `name`; a file in the way is `NotADirectory`.
+    fn make_parents(&self, name: &str) -> Applied {
+        let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(Ok(()));
+        };
+        match fs::create_dir_all(self.root.join(parent)) {
+            Ok(()) => Ok(Ok(())),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTDIR)) => {
+                Ok(Err(FileError::NotADirectory(name.to_string())))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a complete temp file into place as `name`.
+    fn install(&self, temp: &Path, name: &str, mtime: u64) -> Applied {
+        File::options().write(true).open(temp)?.set_modified(time_from_nanos(mtime))?;
+        if let Err(e) = self.make_parents(name)? {
+            let _ = fs::remove_file(temp);
+            return Ok(Err(e));
+        }
+        let result = settle(name, fs::rename(temp, self.path(name)));
+        if !matches!(result, Ok(Ok(()))) {
+            let _ = fs::remove_file(temp);
+        }
+        result
+    }
+
+    /// `file:write`: replace the whole file.
+    pub fn write(&self, name: &str, data: &Data, mtime: u64, tag: u64) -> Applied {
+        let temp = self.temp(tag);
+        fs::write(&temp, &data.0)?;
+        self.install(&temp, name, mtime)
+    }
+
+    /// `file:delete`: unlink a file.
+    pub fn delete(&self, name: &str) -> Applied {
+        settle(name, fs::remove_file(self.path(name)))
+    }
+
+    /// `file:mkdir`: create one directory (parents must exist).
+    pub fn mkdir(&self, name: &str, mtime: u64) -> Applied {
+        let path = self.path(name);
+        let r = settle(name, fs::create_dir(&path))?;
+        if r.is_ok() {
+            File::open(&path)?.set_modified(time_from_nanos(mtime))?;
+        }
+        Ok(r)
+    }
+
+    /// `file:rmdir`: remove an empty directory.
+    pub fn rmdir(&self, name: &str) -> Applied {
+        settle(name, fs::remove_dir(self.path(name)))
+    }
+
+    /// `file:rename`, with rename(2)'s rules for replacing targets.
+    pub fn rename(&self, from: &str, to: &str) -> Applied {
+        if to.starts_with(from) && to.as_bytes().get(from.len()) == Some(&b'/') {
+            return Ok(Err(FileError::Invalid(to.to_string())));
+        }
+        if !self.path(from).symlink_metadata().is_ok() {
+            return Ok(Err(FileError::NotFound(from.to_string())));
+        }
+        if let Err(e) = self.make_parents(to)? {
+            return Ok(Err(e));
+        }
+        settle(to, fs::rename(self.path(from), self.path(to)))
+    }
+
+    fn upload_dir(&self, upload: u64) -> PathBuf {
+        self.uploads.join(format!("{upload:016x}"))
+    }
+
+    /// `file:chunk`: stage one piece (rewriting it on replay is harmless).
+    pub fn chunk(&self, chunk: &Chunk) -> Applied {
+        let dir = self.upload_dir(chunk.upload);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join(format!("{:08}", chunk.seq)), &chunk.data.0)?;
+        Ok(Ok(()))
+    }
+
+    /// `file:commit`: concatenate the staged pieces into `filename`, or drop them.
+    pub fn commit(&self, commit: &Commit, tag: u64) -> Applied {
+        let dir = self.upload_dir(commit.upload);
+        let Some(name) = &commit.filename else {
+            return match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(Ok(())),
+            };
+        };
+        let mut pieces = match fs::read_dir(&dir) {
+            Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Err(FileError::NotFound(format!("upload {:016x} for {name}", commit.upload))))
+            }
+            Err(e) => return Err(e),
+        };
+        pieces.sort();
+        let temp = self.temp(tag);
+        let mut out = File::create(&temp)?;
+        for piece in &pieces {
+            io::copy(&mut File::open(piece)?, &mut out)?;
+        }
+        drop(out);
+        let result = self.install(&temp, name, commit.mtime)?;
+        fs::remove_dir_all(&dir)?;
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_names_pass() {
+        for name in ["foo", "a/b/c", "with space", "ünïcode", "log", "info", ".hidden", "a..b"] {
+            validate(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn dangerous_names_are_refused() {
+        let long = "x".repeat(256);
+        let deep = vec!["d"; 33].join("/");
+        for name in ["", "/etc/passwd", "..", "../x", "a/../../x", "a/./b", "a//b", "a/", "nul\0", &long, &deep] {
+            assert!(validate(name).is_err(), "{name:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn operations_give_deterministic_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let data = Data(b"x".to_vec());
+        assert_eq!(tree.write("a/b", &data, 1, 1).unwrap(), Ok(()));
+        assert_eq!(tree.write("a/b/c", &data, 1, 2).unwrap(), Err(FileError::NotADirectory("a/b/c".into())));
+        assert_eq!(tree.write("a", &data, 1, 3).unwrap(), Err(FileError::IsADirectory("a".into())));
+        assert_eq!(tree.delete("nope").unwrap(), Err(FileError::NotFound("nope".into())));
+        assert_eq!(tree.rmdir("a").unwrap(), Err(FileError::NotEmpty("a".into())));
+        assert_eq!(tree.rename("a", "a/x").unwrap(), Err(FileError::Invalid("a/x".into())));
+        assert_eq!(tree.rename("a/b", "c/d").unwrap(), Ok(()));
+        assert_eq!(fs::read(tree.path("c/d")).unwrap(), b"x");
+        assert!(fs::read_dir(&tree.tmp).unwrap().next().is_none(), "no temp files left");
+    }
+}

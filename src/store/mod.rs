@@ -1,0 +1,128 @@
+//! The replicated state: a file tree on local disk, changed only by applying committed entries.
+//!
+//! `state_machine` is openraft's side (apply, snapshots); [`FileStore`] is the read side that
+//! the front ends use. Reads go straight to the files: every change is an atomic rename, so a
+//! reader sees a whole version of a file, never a partly written one.
+
+pub mod files;
+pub mod snapshot;
+pub mod state_machine;
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+pub use files::Tree;
+pub use state_machine::StateMachine;
+
+use crate::error::{Error, Result};
+use crate::raft::command::FileError;
+
+/// How many change notices a slow subscriber may lag before it is told to reset.
+pub const CHANGE_FEED_CAPACITY: usize = 4096;
+
+/// A notice that applied state changed, for caches (the FUSE kernel cache) to drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This name (file or directory) may have changed.
+    Path(String),
+    /// Anything may have changed (a snapshot was installed).
+    Reset,
+}
+
+/// What `stat` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Directory or file.
+    pub is_dir: bool,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Last modification, as replicated.
+    pub mtime: SystemTime,
+}
+
+/// Read access to the local replica, shared by the HTTP API and FUSE.
+#[derive(Clone)]
+pub struct FileStore {
+    tree: Tree,
+    changes: broadcast::Sender<Change>,
+}
+
+fn not_found(name: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| match e.kind() {
+        io::ErrorKind::NotFound => FileError::NotFound(name.to_string()).into(),
+        _ if e.raw_os_error() == Some(libc::ENOTDIR) => FileError::NotFound(name.to_string()).into(),
+        _ => Error::io(format!("read {name}"), e),
+    }
+}
+
+impl FileStore {
+    /// Opens the tree under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let tree = Tree::open(data_dir).map_err(|e| Error::io(format!("open {}", data_dir.display()), e))?;
+        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        Ok(FileStore { tree, changes })
+    }
+
+    /// The tree's layout, for the state machine.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The sender the state machine announces changes on.
+    pub fn change_sender(&self) -> broadcast::Sender<Change> {
+        self.changes.clone()
+    }
+
+    /// Subscribes to applied changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// A file's contents (`name` must be validated).
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.tree.path(name);
+        match fs::read(&path) {
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(FileError::IsADirectory(name.to_string()).into()),
+            r => r.map_err(not_found(name)),
+        }
+    }
+
+    /// A name's metadata; the empty name is the root.
+    pub fn stat(&self, name: &str) -> Result<Stat> {
+        let path = if name.is_empty() { self.tree.root.clone() } else { self.tree.path(name) };
+        let meta = fs::symlink_metadata(path).map_err(not_found(name))?;
+        Ok(Stat {
+            is_dir: meta.is_dir(),
+            size: if meta.is_dir() { 0 } else { meta.len() },
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+    }
+
+    /// A directory's entries as (name, stat), sorted by name; the empty name is the root.
+    pub fn list(&self, name: &str) -> Result<Vec<(String, Stat)>> {
+        let path = if name.is_empty() { self.tree.root.clone() } else { self.tree.path(name) };
+        let entries = match fs::read_dir(&path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(FileError::NotADirectory(name.to_string()).into())
+            }
+            r => r.map_err(not_found(name))?,
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(not_found(name))?;
+            let Ok(child) = entry.file_name().into_string() else { continue };
+            let full = if name.is_empty() { child.clone() } else { format!("{name}/{child}") };
+            match self.stat(&full) {
+                Ok(stat) => out.push((child, stat)),
+                Err(Error::File(FileError::NotFound(_))) => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}

@@ -1,0 +1,399 @@
+//! openraft's state machine: committed entries become changes to the file tree.
+//!
+//! Applying is deterministic (commands carry everything that varies) and each entry's effect
+//! is idempotent when repeated on its own result, so the only crash-consistency rule needed is:
+//! the applied marker (`sm/applied`) is updated after *every* entry. A crash then leaves at
+//! most one entry to repeat on restart, and repeating it is harmless.
+//!
+//! Retried commands carry a request id; the results of the last [`DEDUP_CAPACITY`] ids are
+//! remembered (and travel in snapshots), so a retry answers with the first outcome instead
+//! of applying twice. The table is in memory: a node restart forgets it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use super::files::{Applied, Tree};
+use super::snapshot::{self, Header};
+use super::Change;
+use crate::raft::command::{Command, CommandResult, RequestId};
+use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// How many recent request ids the state machine remembers for de-duplication.
+pub const DEDUP_CAPACITY: usize = 10_000;
+
+/// What `sm/applied` records.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Marker {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// Recent request ids and their results, oldest evicted first.
+#[derive(Default)]
+struct Dedup {
+    results: HashMap<RequestId, CommandResult>,
+    order: VecDeque<RequestId>,
+}
+
+impl Dedup {
+    fn insert(&mut self, id: RequestId, result: CommandResult) {
+        if self.results.insert(id, result).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > DEDUP_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.results.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<(RequestId, CommandResult)> {
+        self.order.iter().filter_map(|id| Some((*id, self.results.get(id)?.clone()))).collect()
+    }
+
+    fn from_vec(items: Vec<(RequestId, CommandResult)>) -> Self {
+        let mut d = Dedup::default();
+        for (id, r) in items {
+            d.insert(id, r);
+        }
+        d
+    }
+}
+
+struct State {
+    marker: Marker,
+    marker_file: File,
+    /// Bytes last written to the marker; shorter records are padded to it with spaces, so one
+    /// pwrite replaces the record with no truncate.
+    marker_len: usize,
+    dedup: Dedup,
+    /// The newest complete snapshot file.
+    current: Option<(SnapshotMeta, PathBuf)>,
+    /// The file openraft is streaming a snapshot into.
+    receiving: Option<PathBuf>,
+}
+
+impl State {
+    fn save_marker(&mut self) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(&self.marker)?;
+        if bytes.len() < self.marker_len {
+            bytes.resize(self.marker_len, b' ');
+        }
+        self.marker_file.write_all_at(&bytes, 0)?;
+        self.marker_len = bytes.len();
+        Ok(())
+    }
+}
+
+struct Shared {
+    tree: Tree,
+    snapshots: PathBuf,
+    /// std lock: held across blocking file work only, never across an await.
+    state: Mutex<State>,
+    changes: broadcast::Sender<Change>,
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Builds snapshots concurrently with `apply`.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl Fn(std::io::Error) -> StorageError {
+    move |e| storage_io(subject.clone(), verb, e)
+}
+
+impl StateMachine {
+    /// Opens the state machine in `data_dir`, cleaning up what a crash mid-snapshot left.
+    pub fn open(data_dir: &Path, tree: Tree, changes: broadcast::Sender<Change>) -> std::io::Result<Self> {
+        let snapshots = data_dir.join("snapshots");
+        fs::create_dir_all(&snapshots)?;
+        let mut current: Option<(SnapshotMeta, PathBuf)> = None;
+        for entry in fs::read_dir(&snapshots)? {
+            let path = entry?.path();
+            let is_snap = path.extension().is_some_and(|e| e == "snap");
+            if !is_snap {
+                remove_any(&path)?;
+                continue;
+            }
+            match snapshot::read_header(&path) {
+                Ok(h) if current.as_ref().is_none_or(|(m, _)| m.last_log_id < h.meta.last_log_id) => {
+                    if let Some((_, old)) = current.replace((h.meta, path)) {
+                        fs::remove_file(old)?;
+                    }
+                }
+                Ok(_) => fs::remove_file(&path)?,
+                Err(e) => {
+                    warn!(path = %path.display(), cause = %e, "removing unreadable snapshot");
+                    fs::remove_file(&path)?;
+                }
+            }
+        }
+        let marker_path = data_dir.join("sm").join("applied");
+        let marker: Marker = match fs::read(&marker_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Marker::default(),
+            Err(e) => return Err(e),
+        };
+        let dedup = match &current {
+            Some((_, path)) => Dedup::from_vec(snapshot::read_header(path)?.dedup),
+            None => Dedup::default(),
+        };
+        info!(applied = ?marker.last_applied.map(|l| l.index), snapshot = ?current.as_ref().map(|c| c.0.snapshot_id.clone()), "state machine opened");
+        let marker_file = File::options().create(true).truncate(false).write(true).open(&marker_path)?;
+        let marker_len = marker_file.metadata()?.len() as usize;
+        let state = State { marker, marker_file, marker_len, dedup, current, receiving: None };
+        Ok(StateMachine { shared: Arc::new(Shared { tree, snapshots, state: Mutex::new(state), changes }) })
+    }
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("state machine lock poisoned")
+    }
+
+    fn apply_command(&self, cmd: &Command, index: u64) -> Applied {
+        let tree = &self.tree;
+        match cmd {
+            Command::Write(c) => tree.write(&c.filename, &c.data, c.mtime, index),
+            Command::Delete(c) => tree.delete(&c.filename),
+            Command::Mkdir(c) => tree.mkdir(&c.dirname, c.mtime),
+            Command::Rmdir(c) => tree.rmdir(&c.dirname),
+            Command::Rename(c) => tree.rename(&c.from, &c.to),
+            Command::Chunk(c) => tree.chunk(c),
+            Command::Commit(c) => tree.commit(c, index),
+        }
+    }
+
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
+        let mut state = self.lock();
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let result = match entry.payload {
+                EntryPayload::Blank => Ok(()),
+                EntryPayload::Membership(m) => {
+                    state.marker.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(())
+                }
+                EntryPayload::Normal(cmd) => {
+                    let seen = cmd.req().and_then(|id| state.dedup.results.get(&id).cloned());
+                    match seen {
+                        Some(first) => {
+                            debug!(index = entry.log_id.index, "duplicate request, answering first result");
+                            first
+                        }
+                        None => {
+                            let result = self
+                                .apply_command(&cmd, entry.log_id.index)
+                                .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
+                            if let Some(id) = cmd.req() {
+                                state.dedup.insert(id, result.clone());
+                            }
+                            for path in changed_paths(&cmd) {
+                                let _ = self.changes.send(Change::Path(path.to_string()));
+                            }
+                            result
+                        }
+                    }
+                }
+            };
+            state.marker.last_applied = Some(entry.log_id);
+            state.save_marker().map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    fn build(&self) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+        let tag: u64 = rand::random();
+        let staging = self.snapshots.join(format!("build-{tag:016x}"));
+        let header = {
+            let state = self.lock();
+            snapshot::link_tree(&self.tree.root, &staging.join("files"))?;
+            snapshot::link_tree(&self.tree.uploads, &staging.join("uploads"))?;
+            let last = state.marker.last_applied;
+            let snapshot_id = match last {
+                Some(l) => format!("{}-{}-{tag:x}", l.leader_id.term, l.index),
+                None => format!("0-0-{tag:x}"),
+            };
+            let meta =
+                SnapshotMeta { last_log_id: last, last_membership: state.marker.membership.clone(), snapshot_id };
+            Header { meta, dedup: state.dedup.to_vec() }
+        };
+        let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
+        let tmp = path.with_extension("tmp");
+        let written = snapshot::write_archive(&staging, &header, &tmp).and_then(|()| fs::rename(&tmp, &path));
+        fs::remove_dir_all(&staging)?;
+        written?;
+        info!(id = %header.meta.snapshot_id, "snapshot built");
+        self.publish(header.meta.clone(), path.clone())?;
+        Ok((header.meta, path))
+    }
+
+    /// Makes `path` the current snapshot if it is newer, deleting the one it replaces.
+    fn publish(&self, meta: SnapshotMeta, path: PathBuf) -> std::io::Result<()> {
+        let mut state = self.lock();
+        let newer = state.current.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id);
+        let obsolete = if newer { state.current.replace((meta, path)).map(|c| c.1) } else { Some(path) };
+        drop(state);
+        match obsolete {
+            Some(old) => {
+                fs::remove_file(old).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn install(&self, meta: &SnapshotMeta, received: PathBuf) -> std::io::Result<()> {
+        let tag: u64 = rand::random();
+        let restore = self.snapshots.join(format!("restore-{tag:016x}"));
+        let trash = self.snapshots.join(format!("trash-{tag:016x}"));
+        let header = snapshot::extract(File::open(&received)?, &restore)?;
+        fs::create_dir_all(&trash)?;
+        {
+            let mut state = self.lock();
+            fs::rename(&self.tree.root, trash.join("files"))?;
+            fs::rename(restore.join("files"), &self.tree.root)?;
+            fs::rename(&self.tree.uploads, trash.join("uploads"))?;
+            fs::rename(restore.join("uploads"), &self.tree.uploads)?;
+            state.marker = Marker { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+            state.dedup = Dedup::from_vec(header.dedup);
+            state.save_marker()?;
+            state.marker_file.sync_all()?;
+        }
+        let path = self.snapshots.join(format!("{}.snap", meta.snapshot_id));
+        fs::rename(&received, &path)?;
+        self.publish(meta.clone(), path)?;
+        fs::remove_dir_all(&trash)?;
+        fs::remove_dir_all(&restore)?;
+        let _ = self.changes.send(Change::Reset);
+        info!(id = %meta.snapshot_id, "snapshot installed");
+        Ok(())
+    }
+}
+
+/// The names a command may have changed, for cache invalidation.
+fn changed_paths(cmd: &Command) -> Vec<&str> {
+    match cmd {
+        Command::Write(c) => vec![&c.filename],
+        Command::Delete(c) => vec![&c.filename],
+        Command::Mkdir(c) | Command::Rmdir(c) => vec![&c.dirname],
+        Command::Rename(c) => vec![&c.from, &c.to],
+        Command::Commit(c) => c.filename.iter().map(String::as_str).collect(),
+        Command::Chunk(_) => vec![],
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(io_err(subject, verb)),
+        Err(e) => Err(storage_io(subject, verb, std::io::Error::other(e))),
+    }
+}
+
+async fn open_snapshot(meta: SnapshotMeta, path: &Path) -> Result<Snapshot<TypeConfig>, StorageError> {
+    let file = tokio::fs::File::open(path).await.map_err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+    Ok(Snapshot { meta, snapshot: Box::new(file) })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        let (meta, path) = blocking(move || shared.build(), ErrorSubject::Snapshot(None), ErrorVerb::Write).await?;
+        open_snapshot(meta, &path).await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.shared.lock();
+        Ok((state.marker.last_applied, state.marker.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.shared.apply_entries(entries)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.shared.snapshots.join(format!("incoming-{:016x}", rand::random::<u64>()));
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
+        if let Some(old) = self.shared.lock().receiving.replace(path) {
+            let _ = fs::remove_file(old);
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let received = self.shared.lock().receiving.take().ok_or_else(|| {
+            storage_io(subject.clone(), ErrorVerb::Read, std::io::Error::other("no snapshot was being received"))
+        })?;
+        let file = snapshot.into_std().await;
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        blocking(
+            move || {
+                file.sync_all()?;
+                drop(file);
+                shared.install(&meta, received)
+            },
+            subject,
+            ErrorVerb::Write,
+        )
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.shared.lock().current.clone();
+        match current {
+            Some((meta, path)) => open_snapshot(meta, &path).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
