@@ -270,6 +270,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         {
             let mut log = self.shared.log.write().expect("log lock poisoned");
+            if log.entries.is_empty() {
+                // An empty log may start anywhere (openraft decides, e.g. after a snapshot).
+                if let Some((_, first)) = lines.first() {
+                    log.first_index = first.index;
+                }
+            }
             let next = log.next_index();
             for (i, (_, id)) in lines.iter().enumerate() {
                 let expected = next + i as u64;

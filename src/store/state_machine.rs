@@ -265,11 +265,44 @@ impl Shared {
         }
     }
 
-    fn install(&self, meta: &SnapshotMeta, received: PathBuf) -> std::io::Result<()> {
+    /// Keeps the received snapshot as `<id>.snap`: renamed if it is the file openraft
+    /// streamed into, else copied from the handle it was given.
+    fn keep_received(
+        &self,
+        meta: &SnapshotMeta,
+        mut file: File,
+        received: Option<PathBuf>,
+    ) -> std::io::Result<PathBuf> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let target = self.snapshots.join(format!("{}.snap", meta.snapshot_id));
+        let handle = file.metadata()?;
+        let same = |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.ino() == handle.ino() && m.dev() == handle.dev());
+        match received {
+            Some(path) if same(&path) => {
+                file.sync_all()?;
+                fs::rename(&path, &target)?;
+            }
+            other => {
+                let tmp = target.with_extension("tmp");
+                file.seek(SeekFrom::Start(0))?;
+                let mut out = File::create(&tmp)?;
+                std::io::copy(&mut file, &mut out)?;
+                out.sync_all()?;
+                fs::rename(&tmp, &target)?;
+                if let Some(path) = other {
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        Ok(target)
+    }
+
+    fn install(&self, meta: &SnapshotMeta, archive: PathBuf) -> std::io::Result<()> {
         let tag: u64 = rand::random();
         let restore = self.snapshots.join(format!("restore-{tag:016x}"));
         let trash = self.snapshots.join(format!("trash-{tag:016x}"));
-        let header = snapshot::extract(File::open(&received)?, &restore)?;
+        let header = snapshot::extract(File::open(&archive)?, &restore)?;
         fs::create_dir_all(&trash)?;
         {
             let mut state = self.lock();
@@ -282,9 +315,7 @@ impl Shared {
             state.save_marker()?;
             state.marker_file.sync_all()?;
         }
-        let path = self.snapshots.join(format!("{}.snap", meta.snapshot_id));
-        fs::rename(&received, &path)?;
-        self.publish(meta.clone(), path)?;
+        self.publish(meta.clone(), archive)?;
         fs::remove_dir_all(&trash)?;
         fs::remove_dir_all(&restore)?;
         let _ = self.changes.send(Change::Reset);
@@ -371,17 +402,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let received = self.shared.lock().receiving.take().ok_or_else(|| {
-            storage_io(subject.clone(), ErrorVerb::Read, std::io::Error::other("no snapshot was being received"))
-        })?;
+        let received = self.shared.lock().receiving.take();
         let file = snapshot.into_std().await;
         let shared = self.shared.clone();
         let meta = meta.clone();
         blocking(
             move || {
-                file.sync_all()?;
-                drop(file);
-                shared.install(&meta, received)
+                let archive = shared.keep_received(&meta, file, received)?;
+                shared.install(&meta, archive)
             },
             subject,
             ErrorVerb::Write,

@@ -1,1 +1,134 @@
+use std::io::Write as _;
+
+use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload};
+
 use super::*;
+use crate::raft::command::{Command, Data, Write};
+use crate::store::{FileStore, StateMachine};
+
+/// Builds the real file-backed stores in a fresh temp dir; the guard keeps it alive.
+struct FileStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for FileStoreBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = LogStore::open(dir.path()).expect("open log");
+        let files = FileStore::open(dir.path()).expect("open files");
+        let sm = StateMachine::open(dir.path(), files.tree().clone(), files.change_sender()).expect("open sm");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn passes_openraft_storage_suite() {
+    Suite::test_all(FileStoreBuilder).expect("storage suite");
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+        payload: EntryPayload::Normal(Command::Write(Write {
+            filename: format!("f{index}"),
+            data: Data(format!("v{index}").into_bytes()),
+            mtime: 0,
+            req: None,
+        })),
+    }
+}
+
+async fn append(store: &mut LogStore, range: std::ops::Range<u64>, term: u64) {
+    store.blocking_append(range.map(|i| entry(term, i))).await.expect("append");
+}
+
+fn lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join(LOG_FILE)).unwrap().lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn log_survives_reopen_with_truncate_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = LogStore::open(dir.path()).unwrap();
+        append(&mut store, 0..10, 1).await;
+        store.truncate(log_id(1, 7)).await.unwrap();
+        append(&mut store, 7..9, 2).await;
+        store.purge(log_id(1, 3)).await.unwrap();
+    }
+    let text = lines(dir.path());
+    assert_eq!(text.len(), 5, "entries 4..=8 remain: {text:?}");
+    assert!(text[0].contains(" 0000000000000004 0000000000000001 file:write "), "{}", text[0]);
+    assert!(text[4].contains(" 0000000000000008 0000000000000002 "), "{}", text[4]);
+
+    let mut store = LogStore::open(dir.path()).unwrap();
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+    let got = store.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+    assert_eq!(got[3], entry(2, 7));
+}
+
+#[tokio::test]
+async fn reads_are_capped_in_bytes_but_never_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path()).unwrap();
+    let big = |i| Entry {
+        log_id: log_id(1, i),
+        payload: EntryPayload::Normal(Command::Write(Write {
+            filename: "big".into(),
+            data: Data(vec![b'x'; (MAX_READ_BYTES / 2) as usize]),
+            mtime: 0,
+            req: None,
+        })),
+    };
+    store.blocking_append((0..4).map(big)).await.unwrap();
+    let mut reader = store.reader();
+    let got = reader.limited_get_log_entries(0, 4).await.unwrap();
+    assert_eq!(got.len(), 1, "two half-budget entries plus line overhead exceed the budget");
+    assert_eq!(reader.try_get_log_entries(0..4).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn torn_last_line_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&mut LogStore::open(dir.path()).unwrap(), 0..3, 1).await;
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join(LOG_FILE)).unwrap();
+    f.write_all(b"0badc0de 0000000000000003 00000000000").unwrap();
+    drop(f);
+    let mut store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 2)));
+    assert_eq!(lines(dir.path()).len(), 3, "torn bytes are cut from the file");
+    append(&mut store, 3..4, 1).await;
+    assert_eq!(LogStore::open(dir.path()).unwrap().get_log_state().await.unwrap().last_log_id, Some(log_id(1, 3)));
+}
+
+#[tokio::test]
+async fn damage_before_the_end_refuses_to_load() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&mut LogStore::open(dir.path()).unwrap(), 0..5, 1).await;
+    let path = dir.path().join(LOG_FILE);
+    let text = std::fs::read_to_string(&path).unwrap().replacen("\"v2\"", "\"v9\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let err = LogStore::open(dir.path()).err().expect("corruption must be refused").to_string();
+    assert!(err.contains(&format!("{}:3", path.display())), "names file and line: {err}");
+    assert!(err.contains("index 2"), "names the index: {err}");
+    assert!(err.contains("checksum"), "{err}");
+}
+
+#[tokio::test]
+async fn state_machine_resumes_from_its_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let files = FileStore::open(dir.path()).unwrap();
+        StateMachine::open(dir.path(), files.tree().clone(), files.change_sender()).unwrap()
+    };
+    let mut sm = open();
+    let results = sm.apply((0..3).map(|i| entry(1, i))).await.unwrap();
+    assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
+    drop(sm);
+    let (applied, _) = open().applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 2)));
+    assert_eq!(std::fs::read(dir.path().join("files/f1")).unwrap(), b"v1");
+}
