@@ -1,0 +1,347 @@
+//! Multi-node behaviour of real `raftd` processes on loopback: replication through any node,
+//! reads, failures (killed leader, lost quorum, isolated leader, crashes under load), restart,
+//! snapshot catch-up, log verification, membership.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const FAST_TIMEOUT: &[&str] = &["--request-timeout-ms", "2000"];
+
+#[test]
+fn writes_through_any_node_reach_every_replica() {
+    let mut c = Cluster::start(3, &["--chunk-size", "4096"]);
+    let leader = c.wait_leader();
+    let f = c.followers(leader)[0];
+
+    // A write through a follower is forwarded and acknowledged after commit.
+    assert_eq!(c.nodes[f].post("/files/foo", b"BAR").0, 200);
+    for i in 0..3 {
+        assert_eq!(c.nodes[i].get("/files/foo"), (200, b"BAR".to_vec()), "linearizable read on node {i}");
+        c.wait_replicated(i, "foo", b"BAR");
+    }
+
+    // Directories are created implicitly and listed; binary bodies stay byte-identical; a file
+    // larger than one entry is replicated in chunks.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let large: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    assert_eq!(c.nodes[leader].post("/files/dir/sub/bin", &binary).0, 200);
+    assert_eq!(c.nodes[f].post("/files/dir/large", &large).0, 200);
+    for i in 0..3 {
+        c.wait_replicated(i, "dir/sub/bin", &binary);
+        c.wait_replicated(i, "dir/large", &large);
+        let on_disk = std::fs::read(c.nodes[i].dir.join("files/dir/large")).unwrap();
+        assert!(on_disk == large, "node {i} stores the exact bytes as a local file");
+    }
+    assert_eq!(c.nodes[f].get("/files/dir"), (200, b"large\nsub/\n".to_vec()));
+    assert_eq!(c.nodes[f].get("/files"), (200, b"dir/\nfoo\n".to_vec()));
+
+    // PUT replaces; DELETE removes (404 afterwards, and 404 for a missing file).
+    assert_eq!(http(&c.nodes[f].name, "PUT", "/files/foo", b"BAZ").unwrap().0, 200);
+    assert_eq!(c.nodes[leader].get("/files/foo"), (200, b"BAZ".to_vec()));
+    assert_eq!(c.nodes[f].delete("/files/foo").0, 200);
+    for i in 0..3 {
+        assert_eq!(c.nodes[i].get("/files/foo").0, 404);
+    }
+    assert_eq!(c.nodes[f].delete("/files/foo").0, 404);
+    assert_eq!(c.nodes[f].delete("/files/dir/sub/bin").0, 200);
+    assert_eq!(c.nodes[f].delete("/files/dir/sub").0, 200, "empty directories can be deleted");
+    assert_eq!(c.nodes[f].delete("/files/dir").0, 409, "non-empty directories cannot");
+
+    // The log is served over HTTP in the file's own format.
+    let (code, log) = c.nodes[f].get("/log");
+    assert_eq!(code, 200);
+    let log = String::from_utf8(log).unwrap();
+    assert_eq!(log, read_data_file(&c.nodes[f].dir, "log"));
+    assert!(log.lines().any(|l| l.contains(" file:write {\"filename\":\"foo\",\"content\":\"BAR\"")), "{log}");
+    assert!(log.lines().any(|l| l.contains(" file:chunk {")), "large file went in chunks");
+    assert!(log.lines().any(|l| l.contains(" file:delete {\"filename\":\"foo\"")));
+
+    let status = c.nodes[f].status().unwrap();
+    assert_eq!(status["state"], "follower");
+    assert_eq!(status["leader"], c.nodes[leader].name.as_str());
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    assert!(status["term"].as_u64().unwrap() >= 1);
+    assert!(status["commit_index"].as_u64().unwrap() >= status["applied_index"].as_u64().unwrap() - 1);
+}
+
+#[test]
+fn bad_requests_are_refused_clearly() {
+    let c = Cluster::start(1, &["--max-body", "1000"]);
+    let n = &c.nodes[0];
+    for path in [
+        "/files/../escape",
+        "/files/a/../../escape",
+        "/files/%2e%2e/escape",
+        "/files/..%2Fescape",
+        "/files/a//b",
+        "/files/a/./b",
+        "/files/a/",
+        "/files/nul%00byte",
+        "/files//abs",
+    ] {
+        let (code, body) = n.post(path, b"x");
+        assert_eq!(code, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("invalid path"), "{path}");
+        assert_eq!(n.get(path).0, 400, "GET {path}");
+    }
+    let long = format!("/files/{}", "x".repeat(300));
+    assert_eq!(n.post(&long, b"x").0, 400);
+    assert!(!c.tmp.path().join("escape").exists() && !n.dir.join("escape").exists());
+
+    // The node's own files cannot be touched through the API.
+    assert_eq!(n.post("/files/log", b"not the raft log").0, 200);
+    assert_eq!(n.post("/files/info", b"not the identity").0, 200);
+    assert!(read_data_file(&n.dir, "log").contains("raft:config"), "the Raft log is intact");
+    assert!(read_data_file(&n.dir, "info").contains("\"id\""), "the identity is intact");
+    assert_eq!(n.get("/files/log"), (200, b"not the raft log".to_vec()));
+
+    let (code, body) = n.post("/files/big", &vec![b'x'; 1001]);
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("limit of 1000 bytes"));
+    assert_eq!(n.post("/files/file", b"x").0, 200);
+    let (code, body) = n.post("/files/file/child", b"x");
+    assert_eq!((code, String::from_utf8_lossy(&body).trim()), (409, "file/child: not a directory"));
+    assert_eq!(n.get("/files/missing").0, 404);
+}
+
+#[test]
+fn linearizable_reads_see_every_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    let followers = c.followers(leader);
+    for i in 0..60 {
+        let (writer, reader) = (followers[i % 2], followers[(i + 1) % 2]);
+        let value = format!("v{i}");
+        assert_eq!(c.nodes[writer].post("/files/counter", value.as_bytes()).0, 200);
+        assert_eq!(c.nodes[reader].get("/files/counter"), (200, value.into_bytes()), "read {i} on another follower");
+    }
+}
+
+#[test]
+fn killed_leader_is_replaced_and_catches_up() {
+    let mut c = Cluster::start(3, &[]);
+    let old = c.wait_leader();
+    assert_eq!(c.nodes[old].post("/files/before", b"1").0, 200);
+    c.nodes[old].kill();
+    let killed_at = Instant::now();
+    let new = c.wait_leader();
+    let failover = killed_at.elapsed();
+    assert_ne!(new, old);
+    // openraft: a follower waits out the leader lease (election timeout max, 600 ms) plus a
+    // randomized election timeout (300-600 ms) before campaigning.
+    assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
+    eprintln!("failover took {failover:?}");
+
+    for i in c.followers(old) {
+        assert_eq!(c.nodes[i].post(&format!("/files/after-{i}"), b"2").0, 200, "write via node {i}");
+    }
+    c.nodes[old].spawn();
+    for i in c.followers(old) {
+        c.wait_replicated(old, &format!("after-{i}"), b"2");
+    }
+    c.wait_replicated(old, "before", b"1");
+    assert_eq!(c.nodes[old].get("/files/before"), (200, b"1".to_vec()));
+}
+
+#[test]
+fn losing_quorum_fails_writes_fast_and_recovers() {
+    let mut c = Cluster::start(3, FAST_TIMEOUT);
+    let leader = c.wait_leader();
+    assert_eq!(c.nodes[leader].post("/files/k", b"committed").0, 200);
+    let survivor = c.followers(leader)[0];
+    c.wait_replicated(survivor, "k", b"committed");
+    let other = c.followers(leader)[1];
+    c.nodes[leader].kill();
+    c.nodes[other].kill();
+
+    let started = Instant::now();
+    let (code, body) = c.nodes[survivor].post("/files/k", b"lost");
+    let took = started.elapsed();
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(took < Duration::from_secs(4), "a write without quorum must fail in bounded time, took {took:?}");
+    assert!(String::from_utf8_lossy(&body).contains("unavailable"));
+    assert_eq!(c.nodes[survivor].get("/files/k").0, 503, "linearizable reads need a quorum too");
+    assert_eq!(c.nodes[survivor].get("/files/k?consistency=stale"), (200, b"committed".to_vec()));
+
+    c.nodes[other].spawn();
+    c.wait_leader();
+    wait_for(Duration::from_secs(20), "writes to work again", || {
+        (c.nodes[survivor].post("/files/k", b"again").0 == 200).then_some(())
+    });
+    assert_eq!(c.nodes[other].get("/files/k"), (200, b"again".to_vec()));
+}
+
+#[test]
+fn isolated_leader_stops_accepting_writes() {
+    let mut c = Cluster::start(3, FAST_TIMEOUT);
+    let leader = c.wait_leader();
+    let followers = c.followers(leader);
+    // Freeze both followers: the leader keeps its role (openraft 0.9 has no check-quorum) but
+    // must notice it has no majority.
+    for &f in &followers {
+        c.nodes[f].signal(libc::SIGSTOP);
+    }
+    let started = Instant::now();
+    let (code, body) = c.nodes[leader].post("/files/x", b"1");
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    wait_for(Duration::from_secs(5), "the quorum guard to refuse at once", || {
+        let started = Instant::now();
+        let (code, body) = c.nodes[leader].post("/files/x", b"1");
+        let msg = String::from_utf8_lossy(&body).to_string();
+        (code == 503 && msg.contains("no quorum") && started.elapsed() < Duration::from_millis(500)).then_some(())
+    });
+    for &f in &followers {
+        c.nodes[f].signal(libc::SIGCONT);
+    }
+    c.wait_leader();
+    wait_for(Duration::from_secs(20), "writes after the partition heals", || {
+        (c.nodes[followers[0]].post("/files/x", b"2").0 == 200).then_some(())
+    });
+    let leader = c.wait_leader();
+    assert_eq!(c.nodes[leader].get("/files/x"), (200, b"2".to_vec()));
+}
+
+#[test]
+fn acknowledged_writes_survive_crashes_under_load() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let (names, acked, count) = (names.clone(), acked.clone(), count.clone());
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let key = format!("load/t{t}-{i}");
+                    let value = format!("value {t} {i}");
+                    let addr = &names[(t + i) % names.len()];
+                    if let Ok((200, _)) = http(addr, "POST", &format!("/files/{key}"), value.as_bytes()) {
+                        acked.lock().unwrap().push((key, value));
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for(Duration::from_secs(30), "some writes under load", || (count.load(Ordering::SeqCst) >= 60).then_some(()));
+    c.nodes[leader].kill();
+    for w in writers {
+        w.join().unwrap();
+    }
+    c.nodes[leader].spawn();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 200, "most writes succeed despite the crash: {}", acked.len());
+    for (key, value) in &acked {
+        for i in 0..3 {
+            c.wait_replicated(i, key, value.as_bytes());
+        }
+    }
+}
+
+#[test]
+fn cluster_restarts_from_data_dirs() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    assert_eq!(c.nodes[leader].post("/files/persist/me", b"still here").0, 200);
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    for n in &mut c.nodes {
+        // Restart with only the data dir: identity comes from `info`.
+        n.args.retain(|a| !a.contains("127.0.0.1"));
+        n.args.clear();
+        n.spawn();
+    }
+    let leader = c.wait_leader();
+    for i in 0..3 {
+        assert_eq!(c.nodes[i].get("/files/persist/me"), (200, b"still here".to_vec()));
+    }
+    assert_eq!(c.nodes[leader].status().unwrap()["members"].as_array().unwrap().len(), 3);
+    assert_eq!(c.nodes[(leader + 1) % 3].post("/files/new", b"ok").0, 200);
+}
+
+#[test]
+fn lagging_node_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, &["--snapshot-every", "20"]);
+    let leader = c.wait_leader();
+    let lagging = c.followers(leader)[0];
+    c.nodes[lagging].kill();
+    for i in 0..100 {
+        assert_eq!(c.nodes[leader].post(&format!("/files/f{i}"), format!("{i}").as_bytes()).0, 200);
+    }
+    let status = c.nodes[leader].status().unwrap();
+    assert!(status["snapshot_index"].as_u64().unwrap_or(0) >= 80, "{status}");
+    // openraft purges lazily, on the next replication progress after a snapshot.
+    let dir = c.nodes[leader].dir.clone();
+    let log = wait_for(Duration::from_secs(20), "the leader's log to be compacted", || {
+        let log = read_data_file(&dir, "log");
+        (log.lines().count() < 50).then_some(log)
+    });
+    assert!(!log.contains("\"filename\":\"f0\""), "early entries are purged");
+
+    c.nodes[lagging].spawn();
+    for i in [0, 50, 99] {
+        c.wait_replicated(lagging, &format!("f{i}"), format!("{i}").as_bytes());
+    }
+    let status = c.nodes[lagging].status().unwrap();
+    assert!(status["snapshot_index"].as_u64().is_some(), "caught up through a snapshot: {status}");
+    let snaps = std::fs::read_dir(c.nodes[lagging].dir.join("snapshots")).unwrap().count();
+    assert_eq!(snaps, 1, "one snapshot kept");
+}
+
+#[test]
+fn corrupt_log_stops_node_and_torn_tail_is_dropped() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    for i in 0..5 {
+        assert_eq!(c.nodes[leader].post(&format!("/files/c{i}"), b"data").0, 200);
+    }
+    let f = c.followers(leader)[0];
+    c.wait_replicated(f, "c4", b"data");
+    c.nodes[f].kill();
+    let path = c.nodes[f].dir.join("log");
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // A flipped byte in the middle: refuse to start, naming file, line and index.
+    let lines: Vec<&str> = original.lines().collect();
+    let target = lines.iter().position(|l| l.contains("\"filename\":\"c1\"")).unwrap();
+    let corrupted = original.replacen("\"filename\":\"c1\"", "\"filename\":\"cX\"", 1);
+    std::fs::write(&path, corrupted).unwrap();
+    let out =
+        std::process::Command::new(bin()).arg(&c.nodes[f].dir).stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:{}", path.display(), target + 1)), "names file and line: {err}");
+    assert!(err.contains(&format!("index {target}")), "names the index: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A torn last line (a crash mid-append): dropped with a warning, the node rejoins.
+    std::fs::write(&path, format!("{original}1234abcd 00000000000000ff 00000000")).unwrap();
+    c.nodes[f].spawn();
+    c.wait_replicated(f, "c4", b"data");
+    assert!(c.nodes[f].logs().contains("dropping torn last log line"));
+    assert_eq!(c.nodes[leader].post("/files/after", b"ok").0, 200);
+    c.wait_replicated(f, "after", b"ok");
+}
+
+#[test]
+fn nodes_can_be_removed() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    let [a, b] = c.followers(leader)[..] else { panic!() };
+    let body = format!("{{\"name\":\"{}\"}}", c.nodes[b].name);
+    let (code, msg) = c.nodes[a].post("/cluster/remove", body.as_bytes());
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&msg));
+    assert_eq!(c.nodes[leader].status().unwrap()["members"].as_array().unwrap().len(), 2);
+    wait_for(Duration::from_secs(10), "the removed node to exit", || (!c.nodes[b].is_running()).then_some(()));
+    assert_eq!(c.nodes[a].post("/files/two", b"members").0, 200);
+    let (code, _) = c.nodes[a].post("/cluster/remove", b"{\"name\":\"nobody:1\"}");
+    assert_eq!(code, 400);
+}

@@ -1,0 +1,225 @@
+//! TestCluster: real `raftd` processes on loopback, each with its own temp data directory.
+//!
+//! Ports are picked free by binding port 0 and released just before the node starts. Every
+//! wait polls a condition with a deadline; nothing sleeps a fixed time. Dropping the cluster
+//! kills every process it started (and the temp dirs go with it).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The raftd binary cargo built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_raftd")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Minimal blocking HTTP/1.1 client (one request per connection), binary-safe.
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no header end"))?;
+    let header = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status =
+        header.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("bad status"))?;
+    Ok((status, raw[split + 4..].to_vec()))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One node: its name, data dir, and process (if running).
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+    pub stderr: PathBuf,
+}
+
+impl Node {
+    /// GET returning (status, body).
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http(&self.name, "GET", path, b"").unwrap_or((0, Vec::new()))
+    }
+
+    /// POST returning (status, body).
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        http(&self.name, "POST", path, body).unwrap_or((0, Vec::new()))
+    }
+
+    /// DELETE returning (status, body).
+    pub fn delete(&self, path: &str) -> (u16, Vec<u8>) {
+        http(&self.name, "DELETE", path, b"").unwrap_or((0, Vec::new()))
+    }
+
+    /// `/status` as JSON, if the node answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        match http(&self.name, "GET", "/status", b"") {
+            Ok((200, body)) => serde_json::from_slice(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The node's stderr so far (for failure messages).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Starts the process with the stored args (restart keeps the data dir).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).unwrap();
+        let child = Command::new(bin())
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn raftd");
+        self.child = Some(child);
+    }
+}
+
+/// A cluster of real processes.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.signal(libc::SIGCONT);
+            n.kill();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `n` nodes: the first initializes, the rest join it; waits until all are voters.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new() };
+        for i in 0..n {
+            let join = (i > 0).then(|| cluster.nodes[0].name.clone());
+            cluster.add_node(join.as_deref(), extra);
+            if i == 0 {
+                cluster.wait_leader();
+            }
+        }
+        cluster.wait_members(n);
+        cluster
+    }
+
+    /// Adds and starts a node, joining through `join` if given.
+    pub fn add_node(&mut self, join: Option<&str>, extra: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let port = free_port();
+        let mut args = vec!["--host".to_string(), "127.0.0.1".into(), "--port".into(), port.to_string()];
+        if let Some(j) = join {
+            args.extend(["--join".to_string(), j.to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let dir = self.tmp.path().join(format!("node.{}", i + 1));
+        let stderr = self.tmp.path().join(format!("node.{}.log", i + 1));
+        let mut node = Node { name: format!("127.0.0.1:{port}"), dir, args, child: None, stderr };
+        node.spawn();
+        self.nodes.push(node);
+        i
+    }
+
+    /// Waits until every running node agrees on one leader; returns its position.
+    pub fn wait_leader(&mut self) -> usize {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect();
+        let nodes = &self.nodes;
+        wait_for(Duration::from_secs(20), "an agreed leader", || {
+            let mut leader = None;
+            for &i in &running {
+                let s = nodes[i].status()?;
+                let l = s["leader"].as_str()?.to_string();
+                if leader.get_or_insert(l.clone()) != &l {
+                    return None;
+                }
+            }
+            let name = leader?;
+            let pos = nodes.iter().position(|n| n.name == name)?;
+            (nodes[pos].status()?["state"] == "leader").then_some(pos)
+        })
+    }
+
+    /// Waits until the leader reports `n` voting members.
+    pub fn wait_members(&mut self, n: usize) {
+        let leader = self.wait_leader();
+        let node = &self.nodes[leader];
+        wait_for(Duration::from_secs(30), "all members to join", || {
+            (node.status()?["members"].as_array()?.len() == n).then_some(())
+        });
+    }
+
+    /// Positions of running nodes other than `leader`.
+    pub fn followers(&self, leader: usize) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| i != leader && self.nodes[i].child.is_some()).collect()
+    }
+
+    /// Waits until node `i`'s local files (stale read) show `path` = `want`.
+    pub fn wait_replicated(&self, i: usize, path: &str, want: &[u8]) {
+        let node = &self.nodes[i];
+        wait_for(Duration::from_secs(20), &format!("{path} on {}", node.name), || {
+            let (code, body) = node.get(&format!("/files/{path}?consistency=stale"));
+            (code == 200 && body == want).then_some(())
+        });
+    }
+}
+
+/// Data directory file contents helper.
+pub fn read_data_file(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
