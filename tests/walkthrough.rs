@@ -117,17 +117,15 @@ fn walkthrough_at_the_prompts() {
 
     // cat ~/node.1/log: one verified line per entry, the write among them.
     let log = std::fs::read_to_string(dir(1).join("log")).unwrap();
-    let mut expected_index = 0;
-    for line in log.lines() {
+    for (expected_index, line) in log.lines().enumerate() {
         let fields: Vec<&str> = line.splitn(5, ' ').collect();
         assert_eq!(fields.len(), 5, "{line}");
         let (crc, index, term) = (fields[0], fields[1], fields[2]);
         assert!(crc.len() == 8 && index.len() == 16 && term.len() == 16, "{line}");
         assert_eq!(crc, format!("{:08x}", crc32fast::hash(format!("{}\n", &line[9..]).as_bytes())));
-        assert_eq!(u64::from_str_radix(index, 16).unwrap(), expected_index);
+        assert_eq!(u64::from_str_radix(index, 16).unwrap(), expected_index as u64);
         assert!(fields[3].starts_with("raft:") || fields[3].starts_with("file:"), "{line}");
         serde_json::from_str::<serde_json::Value>(fields[4]).unwrap();
-        expected_index += 1;
     }
     assert!(log.contains(" file:write {\"filename\":\"foo\",\"content\":\"BAR\","), "{log}");
 

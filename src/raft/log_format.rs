@@ -62,7 +62,7 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) -> serde_json::Result<()> {
         EntryPayload::Membership(m) => (CONFIG, serde_json::to_string(m)?),
     };
     let mut body = String::with_capacity(IDS_LEN + name.len() + json.len() + 2);
-    let _ = write!(body, "{:016x} {:016x} {name} {json}\n", entry.log_id.index, entry.log_id.leader_id.term);
+    let _ = writeln!(body, "{:016x} {:016x} {name} {json}", entry.log_id.index, entry.log_id.leader_id.term);
     let crc = crc32fast::hash(body.as_bytes());
     out.extend_from_slice(format!("{crc:08x} ").as_bytes());
     out.extend_from_slice(body.as_bytes());

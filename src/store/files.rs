@@ -195,7 +195,7 @@ impl Tree {
         if to.starts_with(from) && to.as_bytes().get(from.len()) == Some(&b'/') {
             return Ok(Err(FileError::Invalid(to.to_string())));
         }
-        if !self.path(from).symlink_metadata().is_ok() {
+        if self.path(from).symlink_metadata().is_err() {
             return Ok(Err(FileError::NotFound(from.to_string())));
         }
         if let Err(e) = self.make_parents(to)? {
