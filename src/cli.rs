@@ -59,6 +59,15 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_CHUNK_SIZE", default_value_t = config::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: usize,
 
+    /// Mount the replicated tree here with FUSE (needs /dev/fuse and root or fuse permissions).
+    #[arg(long, env = "RAFTD_MOUNT")]
+    pub mount: Option<PathBuf>,
+
+    /// FUSE: open files from the local replica without the read barrier through the leader
+    /// (faster; may miss writes just committed elsewhere).
+    #[arg(long, env = "RAFTD_STALE_READS")]
+    pub stale_reads: bool,
+
     /// Take a snapshot (and compact the log) every this many entries.
     #[arg(long, env = "RAFTD_SNAPSHOT_EVERY", default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
@@ -76,6 +85,8 @@ impl Cli {
         c.max_body = self.max_body;
         c.chunk_size = self.chunk_size;
         c.snapshot_every = self.snapshot_every;
+        c.mount = self.mount;
+        c.stale_reads = self.stale_reads;
         c
     }
 }

@@ -46,6 +46,10 @@ pub struct Config {
     pub chunk_size: usize,
     /// See [`DEFAULT_SNAPSHOT_EVERY`].
     pub snapshot_every: u64,
+    /// Where to mount the replicated tree with FUSE, if anywhere.
+    pub mount: Option<PathBuf>,
+    /// Skip the read barrier when FUSE opens a file (faster; may see a lagging replica).
+    pub stale_reads: bool,
 }
 
 impl Config {
@@ -63,6 +67,8 @@ impl Config {
             max_body: DEFAULT_MAX_BODY,
             chunk_size: DEFAULT_CHUNK_SIZE,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            mount: None,
+            stale_reads: false,
         }
     }
 

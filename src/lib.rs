@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod fsutil;
+pub mod fuse;
 pub mod http;
 pub mod identity;
 pub mod node;

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::client::{HttpClient, SendError};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::raft::command::{Chunk, Command, CommandResult, Commit, Data, Delete, Dir, Rename, Write};
+use crate::raft::command::{Chunk, Command, CommandResult, Commit, Data, Delete, Dir, Rename, Touch, Write};
 use crate::raft::log_store::LogReader;
 use crate::raft::{NodeId, PeerNode, Raft, PEER_PREFIX};
 use crate::store::{files, FileStore};
@@ -48,6 +48,15 @@ pub enum Refusal {
     Unavailable(String),
     /// The request itself is wrong (e.g. joining under a name another member has).
     Rejected(String),
+}
+
+/// A command's outcome and the log index it was applied at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    /// Log index of the entry.
+    pub index: u64,
+    /// What applying it produced.
+    pub result: CommandResult,
 }
 
 /// What a leader-side operation answers.
@@ -165,16 +174,51 @@ impl Node {
     /// Replaces a whole file, in chunks if it is larger than one entry may carry.
     pub async fn write_file(&self, name: &str, body: Bytes) -> Result<()> {
         files::validate(name)?;
-        let mtime = files::now_nanos();
-        if body.len() <= self.config.chunk_size {
-            let cmd = Command::Write(Write { filename: name.into(), data: Data(body.to_vec()), mtime, req: None });
-            return self.propose(cmd).await;
+        let mut pieces = body.chunks(self.config.chunk_size.max(1));
+        let next = || Ok(pieces.next().map(<[u8]>::to_vec));
+        self.write_pieces(name, body.len() as u64, files::now_nanos(), next).await
+    }
+
+    /// Replaces a whole file with the contents of a local file, reading one chunk at a time so
+    /// memory stays bounded whatever the size (FUSE buffers writes in such files).
+    /// `mtime` defaults to now.
+    pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mtime: Option<u64>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        files::validate(name)?;
+        let len = file.metadata().map_err(|e| Error::io("stat write buffer", e))?.len();
+        let chunk = self.config.chunk_size.max(1) as u64;
+        let mut offset = 0;
+        let next = || {
+            if offset >= len {
+                return Ok(None);
+            }
+            let mut buf = vec![0; chunk.min(len - offset) as usize];
+            file.read_exact_at(&mut buf, offset).map_err(|e| Error::io("read write buffer", e))?;
+            offset += buf.len() as u64;
+            Ok(Some(buf))
+        };
+        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), next).await
+    }
+
+    /// One `file:write` when `len` fits in an entry; else `file:chunk`s and a `file:commit`
+    /// (or an abort if any piece fails).
+    async fn write_pieces(
+        &self,
+        name: &str,
+        len: u64,
+        mtime: u64,
+        mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
+    ) -> Result<()> {
+        if len <= self.config.chunk_size as u64 {
+            let data = Data(next()?.unwrap_or_default());
+            return self.propose(Command::Write(Write { filename: name.into(), data, mtime, req: None })).await;
         }
         let upload: u64 = rand::random();
         let staged = async {
-            for (seq, piece) in body.chunks(self.config.chunk_size).enumerate() {
-                let chunk = Chunk { upload, seq: seq as u32, data: Data(piece.to_vec()) };
-                self.propose(Command::Chunk(chunk)).await?;
+            let mut seq = 0;
+            while let Some(piece) = next()? {
+                self.propose(Command::Chunk(Chunk { upload, seq, data: Data(piece) })).await?;
+                seq += 1;
             }
             let commit = Commit { upload, filename: Some(name.into()), mtime, req: None };
             self.propose(Command::Commit(commit)).await
@@ -189,6 +233,12 @@ impl Node {
         result
     }
 
+    /// Sets a file's or directory's modification time.
+    pub async fn touch(&self, name: &str, mtime: u64) -> Result<()> {
+        files::validate(name)?;
+        self.propose(Command::Touch(Touch { filename: name.into(), mtime })).await
+    }
+
     /// Removes a file, or an empty directory.
     pub async fn delete(&self, name: &str) -> Result<()> {
         files::validate(name)?;
@@ -197,6 +247,18 @@ impl Node {
             _ => Command::Delete(Delete { filename: name.into(), req: None }),
         };
         self.propose(cmd).await
+    }
+
+    /// Removes a file (not a directory).
+    pub async fn unlink(&self, name: &str) -> Result<()> {
+        files::validate(name)?;
+        self.propose(Command::Delete(Delete { filename: name.into(), req: None })).await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, name: &str) -> Result<()> {
+        files::validate(name)?;
+        self.propose(Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None })).await
     }
 
     /// Creates a directory.
@@ -212,14 +274,29 @@ impl Node {
         self.propose(Command::Rename(Rename { from: from.into(), to: to.into(), req: None })).await
     }
 
-    /// Replicates one command through the leader and returns its replicated outcome.
+    /// Replicates one command through the leader and returns its replicated outcome once
+    /// this node has applied it too, so the caller's next local read sees it.
     pub async fn propose(&self, mut cmd: Command) -> Result<()> {
         if cmd.req().is_none() {
             cmd.set_req(rand::random());
         }
-        let result: CommandResult =
+        let started = Instant::now();
+        let applied: Applied =
             self.on_leader("propose", &cmd, |timeout| self.propose_local(cmd.clone(), timeout)).await?;
-        result.map_err(Error::from)
+        self.wait_applied(applied.index, started).await?;
+        applied.result.map_err(Error::from)
+    }
+
+    /// Waits (within the request deadline counted from `started`) until this node has
+    /// applied `index`.
+    async fn wait_applied(&self, index: u64, started: Instant) -> Result<()> {
+        if self.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= index) {
+            return Ok(());
+        }
+        let remaining = self.config.request_timeout.saturating_sub(started.elapsed());
+        self.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "apply locally").await.map(|_| ()).map_err(
+            |e| Error::Unavailable(format!("committed, but this node did not apply index {index} in time: {e}")),
+        )
     }
 
     /// Waits until this node's files reflect every write committed before the call began
@@ -227,14 +304,10 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<()> {
         let started = Instant::now();
         let index: Option<u64> = self.on_leader("read-index", &(), |timeout| self.read_index_local(timeout)).await?;
-        let Some(index) = index else { return Ok(()) };
-        let remaining = self.config.request_timeout.saturating_sub(started.elapsed());
-        self.raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Unavailable(format!("local replica did not catch up to index {index}: {e}")))
+        match index {
+            Some(index) => self.wait_applied(index, started).await,
+            None => Ok(()),
+        }
     }
 
     /// Adds a node to the cluster (through the leader).
@@ -334,11 +407,11 @@ impl Node {
     // ---- leader-side halves (also the targets of forwarded requests) ------------------
 
     /// Appends and commits a command on this node, which must be the leader.
-    pub async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<CommandResult> {
+    pub async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<Applied> {
         self.check_leader()?;
         debug!(name = cmd.name(), "propose");
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Ok(resp)) => Ok(Applied { index: resp.log_id.index, result: resp.data }),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
             Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
             Err(_) => Err(Refusal::Unavailable(format!(

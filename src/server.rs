@@ -2,8 +2,8 @@
 //!
 //! Order follows openraft: log store, state machine, network, `Raft::new`; then the listener
 //! (already bound by the caller, so tests can use port 0); then cluster membership. Shutdown
-//! reverses it: stop accepting requests first, then stop Raft, so no handler calls into a
-//! stopped core.
+//! reverses it: stop accepting requests first, then unmount FUSE, then stop Raft, so no
+//! handler calls into a stopped core.
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::client::HttpClient;
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
+use crate::fuse::Mount;
 use crate::identity::{Identity, Start};
 use crate::node::{JoinRequest, Node};
 use crate::raft::log_store::LogStore;
@@ -82,14 +83,22 @@ pub async fn serve(
         Start::Initialize => initialize(&raft, &identity).await,
         Start::Join(seed) => join(&client, &seed, &identity).await,
     };
-    if let Err(e) = joined {
-        server.abort();
-        let _ = raft.shutdown().await;
-        return Err(e);
-    }
+    let mount = joined.and_then(|()| match &config.mount {
+        Some(path) => Mount::start(node.clone(), path, config.stale_reads).map(Some),
+        None => Ok(None),
+    });
+    let mount = match mount {
+        Ok(m) => m,
+        Err(e) => {
+            server.abort();
+            let _ = raft.shutdown().await;
+            return Err(e);
+        }
+    };
     info!(name = %identity.name, id = identity.id, "node running");
 
     let served = server.await;
+    drop(mount);
     info!("stopping raft");
     if let Err(e) = raft.shutdown().await {
         warn!(cause = %e, "raft did not stop cleanly");

@@ -116,6 +116,15 @@ pub struct Rename {
     pub req: Option<RequestId>,
 }
 
+/// Set a file's or directory's modification time (utimes, `touch` on an existing file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    /// Relative path inside the replicated tree.
+    pub filename: String,
+    /// New modification time, nanoseconds since the epoch.
+    pub mtime: u64,
+}
+
 /// Stage one piece of a large file under an upload id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
@@ -156,6 +165,8 @@ pub enum Command {
     Rmdir(Dir),
     /// `file:rename`
     Rename(Rename),
+    /// `file:touch`
+    Touch(Touch),
     /// `file:chunk`
     Chunk(Chunk),
     /// `file:commit`
@@ -171,6 +182,7 @@ impl Command {
             Command::Mkdir(_) => "file:mkdir",
             Command::Rmdir(_) => "file:rmdir",
             Command::Rename(_) => "file:rename",
+            Command::Touch(_) => "file:touch",
             Command::Chunk(_) => "file:chunk",
             Command::Commit(_) => "file:commit",
         }
@@ -184,7 +196,7 @@ impl Command {
             Command::Mkdir(c) | Command::Rmdir(c) => c.req,
             Command::Rename(c) => c.req,
             Command::Commit(c) => c.req,
-            Command::Chunk(_) => None,
+            Command::Touch(_) | Command::Chunk(_) => None,
         }
     }
 
@@ -196,7 +208,7 @@ impl Command {
             Command::Mkdir(c) | Command::Rmdir(c) => c.req = Some(id),
             Command::Rename(c) => c.req = Some(id),
             Command::Commit(c) => c.req = Some(id),
-            Command::Chunk(_) => {}
+            Command::Touch(_) | Command::Chunk(_) => {}
         }
     }
 
@@ -207,6 +219,7 @@ impl Command {
             Command::Delete(c) => serde_json::to_string(c),
             Command::Mkdir(c) | Command::Rmdir(c) => serde_json::to_string(c),
             Command::Rename(c) => serde_json::to_string(c),
+            Command::Touch(c) => serde_json::to_string(c),
             Command::Chunk(c) => serde_json::to_string(c),
             Command::Commit(c) => serde_json::to_string(c),
         }
@@ -220,6 +233,7 @@ impl Command {
             "file:mkdir" => serde_json::from_str(json).map(Command::Mkdir),
             "file:rmdir" => serde_json::from_str(json).map(Command::Rmdir),
             "file:rename" => serde_json::from_str(json).map(Command::Rename),
+            "file:touch" => serde_json::from_str(json).map(Command::Touch),
             "file:chunk" => serde_json::from_str(json).map(Command::Chunk),
             "file:commit" => serde_json::from_str(json).map(Command::Commit),
             _ => return None,

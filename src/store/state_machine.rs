@@ -181,6 +181,7 @@ impl Shared {
             Command::Mkdir(c) => tree.mkdir(&c.dirname, c.mtime),
             Command::Rmdir(c) => tree.rmdir(&c.dirname),
             Command::Rename(c) => tree.rename(&c.from, &c.to),
+            Command::Touch(c) => tree.touch(&c.filename, c.mtime),
             Command::Chunk(c) => tree.chunk(c),
             Command::Commit(c) => tree.commit(c, index),
         }
@@ -328,6 +329,7 @@ impl Shared {
 fn changed_paths(cmd: &Command) -> Vec<&str> {
     match cmd {
         Command::Write(c) => vec![&c.filename],
+        Command::Touch(c) => vec![&c.filename],
         Command::Delete(c) => vec![&c.filename],
         Command::Mkdir(c) | Command::Rmdir(c) => vec![&c.dirname],
         Command::Rename(c) => vec![&c.from, &c.to],

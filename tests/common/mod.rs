@@ -141,16 +141,31 @@ impl Drop for Cluster {
             n.signal(libc::SIGCONT);
             n.kill();
         }
+        // A killed node leaves its FUSE mount behind: detach everything under our temp dir.
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for mount in table.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(mount).starts_with(self.tmp.path()) {
+                let c = std::ffi::CString::new(mount).unwrap();
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
     }
 }
 
 impl Cluster {
     /// Starts `n` nodes: the first initializes, the rest join it; waits until all are voters.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, |_, _| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Like `start`, with per-node extra arguments from `args(position, temp dir)`.
+    pub fn start_with(n: usize, args: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
         let mut cluster = Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new() };
         for i in 0..n {
             let join = (i > 0).then(|| cluster.nodes[0].name.clone());
-            cluster.add_node(join.as_deref(), extra);
+            let extra = args(i, cluster.tmp.path());
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            cluster.add_node(join.as_deref(), &extra);
             if i == 0 {
                 cluster.wait_leader();
             }

@@ -1,0 +1,36 @@
+//! [`Error`] → errno, in one place.
+
+use crate::error::Error;
+use crate::raft::command::FileError;
+
+/// The errno a FUSE caller sees for each kind of error.
+pub fn errno(err: &Error) -> libc::c_int {
+    match err {
+        Error::File(FileError::NotFound(_)) => libc::ENOENT,
+        Error::File(FileError::AlreadyExists(_)) => libc::EEXIST,
+        Error::File(FileError::NotADirectory(_)) => libc::ENOTDIR,
+        Error::File(FileError::IsADirectory(_)) => libc::EISDIR,
+        Error::File(FileError::NotEmpty(_)) => libc::ENOTEMPTY,
+        Error::File(FileError::Invalid(_)) => libc::EINVAL,
+        Error::InvalidPath { reason, .. } if reason.contains("longer") => libc::ENAMETOOLONG,
+        Error::InvalidPath { .. } | Error::BadRequest(_) => libc::EINVAL,
+        Error::TooLarge { .. } => libc::EFBIG,
+        // No quorum, no leader, a disk fault: the data did not reach a majority.
+        Error::Unavailable(_) | Error::Io { .. } | Error::Raft(_) | Error::Peer { .. } => libc::EIO,
+        Error::CorruptLog { .. } | Error::Config(_) => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicated_outcomes_keep_their_meaning() {
+        assert_eq!(errno(&FileError::NotEmpty("d".into()).into()), libc::ENOTEMPTY);
+        assert_eq!(errno(&Error::Unavailable("no quorum".into())), libc::EIO);
+        let long = crate::store::files::validate(&"x".repeat(300)).unwrap_err();
+        assert_eq!(errno(&long), libc::ENAMETOOLONG);
+        assert_eq!(errno(&crate::store::files::validate("a/../b").unwrap_err()), libc::EINVAL);
+    }
+}

@@ -1,0 +1,659 @@
+//! The FUSE filesystem: each kernel request is translated into a read of the local replica
+//! or an operation through [`Node`], and replied to exactly once.
+//!
+//! The request loop (one thread, fuser's) never waits on consensus. Cheap local answers —
+//! lookup, getattr, readdir, read, buffered write — reply inline; anything that needs the
+//! leader (open's read barrier, flush/fsync/release commits, mkdir, unlink, rename, …) moves
+//! its reply object into a task on the tokio runtime and replies from there, so many writers
+//! through one mount proceed in parallel.
+//!
+//! Writes go to a per-handle buffer file under `DATA_DIR/fuse/` (disk, not memory) and are
+//! proposed at `flush`, `fsync` and `release`, in chunks of `--chunk-size`. `close()` and
+//! `fsync()` therefore return only after the contents are committed by a majority, and fail
+//! with EIO if they cannot be. `open()`, and a lookup that finds nothing locally, first pass
+//! a read barrier through the leader (unless `--stale-reads`), so they see every write whose
+//! `close()` returned before they began; a read handle keeps the version it opened. Attributes and entries are not cached by
+//! the kernel (TTL 0), pages are dropped at every open, and applied changes are invalidated.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+use tokio::runtime::Handle as Runtime;
+use tracing::debug;
+
+use super::errno::errno;
+use super::inodes::{self, attr, child_path, Inodes};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::store::{files, Stat};
+
+/// How long the kernel may cache attributes and entries: not at all, so a change applied
+/// from another node is seen at the next system call.
+const TTL: Duration = Duration::ZERO;
+
+/// An open file.
+enum Handle {
+    /// Opened for reading: the version that was current at open.
+    Read { file: File },
+    /// Opened for writing: contents buffered in a local file until committed.
+    /// `mtime` is a time set (utimes) before the contents were committed.
+    Write { ino: u64, buffer: File, buffer_path: PathBuf, dirty: bool, mtime: Option<u64> },
+}
+
+/// State shared by the request loop and the tasks that reply later.
+pub struct Shared {
+    node: Arc<Node>,
+    inodes: Mutex<Inodes>,
+    /// std locks: held for table edits and local pread/pwrite only, never across an await.
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    next_fh: AtomicU64,
+    buffers: PathBuf,
+    stale_reads: bool,
+    uid: u32,
+    gid: u32,
+}
+
+/// The `fuser::Filesystem` implementation.
+pub struct RaftFs {
+    shared: Arc<Shared>,
+    runtime: Runtime,
+}
+
+impl RaftFs {
+    /// A filesystem over `node`, buffering writes in `buffers` (emptied first).
+    pub fn new(node: Arc<Node>, runtime: Runtime, buffers: PathBuf, stale_reads: bool) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(&buffers);
+        std::fs::create_dir_all(&buffers).map_err(|e| Error::io(format!("create {}", buffers.display()), e))?;
+        let shared = Shared {
+            node,
+            inodes: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            buffers,
+            stale_reads,
+            uid: unsafe { libc::geteuid() },
+            gid: unsafe { libc::getegid() },
+        };
+        Ok(RaftFs { shared: Arc::new(shared), runtime })
+    }
+
+    /// The shared state, for the cache-invalidation thread.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Runs `f` on the runtime; it owns the reply and answers when consensus has.
+    fn later(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(f);
+    }
+}
+
+impl Shared {
+    /// The path of an inode, or ENOENT.
+    pub fn path(&self, ino: u64) -> std::result::Result<String, libc::c_int> {
+        self.inodes.lock().expect("inode lock").path(ino).map(str::to_string).ok_or(libc::ENOENT)
+    }
+
+    /// Known inode of a path, for invalidation.
+    pub fn known(&self, path: &str) -> Option<u64> {
+        self.inodes.lock().expect("inode lock").get(path)
+    }
+
+    /// Every known inode, for a full invalidation.
+    pub fn all_known(&self) -> Vec<u64> {
+        self.inodes.lock().expect("inode lock").all()
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> std::result::Result<String, libc::c_int> {
+        let name = name.to_str().ok_or(libc::EINVAL)?;
+        let path = child_path(&self.path(parent)?, name);
+        files::validate(&path).map_err(|e| errno(&e))?;
+        Ok(path)
+    }
+
+    /// An open writer of `ino`, if any.
+    fn writer(&self, ino: u64) -> Option<Arc<Mutex<Handle>>> {
+        let handles = self.handles.lock().expect("handle lock");
+        handles
+            .values()
+            .find(|h| matches!(&*h.lock().expect("handle"), Handle::Write { ino: i, .. } if *i == ino))
+            .cloned()
+    }
+
+    /// Size of the newest buffered (uncommitted) contents for `ino`, if a writer has any.
+    fn buffered_size(&self, ino: u64) -> Option<u64> {
+        let handles = self.handles.lock().expect("handle lock");
+        handles.values().find_map(|h| match &*h.lock().expect("handle") {
+            Handle::Write { ino: i, buffer, .. } if *i == ino => buffer.metadata().ok().map(|m| m.len()),
+            _ => None,
+        })
+    }
+
+    fn stat(&self, ino: u64, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
+        let stat = match (self.node.store().stat(path), self.buffered_size(ino)) {
+            (Ok(mut s), Some(size)) => {
+                s.size = size;
+                s
+            }
+            (Ok(s), None) => s,
+            // Created through this mount and not yet committed.
+            (Err(_), Some(size)) => Stat { is_dir: false, size, mtime: SystemTime::now() },
+            (Err(e), None) => return Err(errno(&e)),
+        };
+        Ok(attr(ino, &stat, self.uid, self.gid))
+    }
+
+    fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
+        let ino = self.inodes.lock().expect("inode lock").ino(path);
+        self.stat(ino, path)
+    }
+
+    fn handle(&self, fh: u64) -> std::result::Result<Arc<Mutex<Handle>>, libc::c_int> {
+        self.handles.lock().expect("handle lock").get(&fh).cloned().ok_or(libc::EBADF)
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handle lock").insert(fh, Arc::new(Mutex::new(handle)));
+        fh
+    }
+
+    /// A new write buffer, holding the committed contents unless `truncate`.
+    fn write_handle(&self, ino: u64, path: &str, truncate: bool) -> Result<Handle> {
+        let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
+        let io = |e| Error::io(format!("write buffer for {path}"), e);
+        if !truncate {
+            match std::fs::copy(self.node.store().tree().path(path), &buffer_path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let buffer =
+            File::options().read(true).write(true).create(true).truncate(false).open(&buffer_path).map_err(io)?;
+        Ok(Handle::Write { ino, buffer, buffer_path, dirty: truncate, mtime: None })
+    }
+
+    /// Proposes a handle's buffered contents if they changed since the last commit.
+    async fn commit(&self, handle: &Mutex<Handle>) -> Result<()> {
+        let (ino, buffer, mtime) = match &mut *handle.lock().expect("handle") {
+            Handle::Write { ino, buffer, dirty, mtime, .. } if *dirty => {
+                *dirty = false;
+                (*ino, buffer.try_clone().map_err(|e| Error::io("clone write buffer", e))?, mtime.take())
+            }
+            _ => return Ok(()),
+        };
+        let path = self
+            .path(ino)
+            .map_err(|_| Error::File(crate::raft::command::FileError::NotFound(format!("inode {ino}"))))?;
+        debug!(path, "commit");
+        self.node.write_file_from(&path, &buffer, mtime).await
+    }
+
+    fn drop_handle(&self, fh: u64) {
+        if let Some(h) = self.handles.lock().expect("handle lock").remove(&fh) {
+            if let Handle::Write { buffer_path, .. } = &*h.lock().expect("handle") {
+                let _ = std::fs::remove_file(buffer_path);
+            }
+        }
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+impl Filesystem for RaftFs {
+    fn init(&mut self, _req: &Request<'_>, _config: &mut KernelConfig) -> std::result::Result<(), libc::c_int> {
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let path = match self.shared.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.shared.lookup_attr(&path) {
+            Ok(attr) => reply.entry(&TTL, &attr, 0),
+            // Absent here may mean "not applied here yet": a name created elsewhere before
+            // this lookup began must be found (close-to-open), so ask the leader first.
+            Err(libc::ENOENT) if !self.shared.stale_reads => {
+                let shared = self.shared.clone();
+                self.later(async move {
+                    let found = match shared.node.read_barrier().await {
+                        Ok(()) => shared.lookup_attr(&path),
+                        Err(e) => Err(errno(&e)),
+                    };
+                    match found {
+                        Ok(attr) => reply.entry(&TTL, &attr, 0),
+                        Err(e) => reply.error(e),
+                    }
+                });
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.shared.path(ino).and_then(|p| self.shared.stat(ino, &p)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        // Modes and owners are not replicated: chmod/chown succeed without effect.
+        let shared = self.shared.clone();
+        let path = match shared.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let open_writer = fh
+            .and_then(|fh| shared.handle(fh).ok())
+            .or_else(|| shared.writer(ino))
+            .filter(|h| matches!(&*h.lock().expect("handle"), Handle::Write { .. }));
+        self.later(async move {
+            let result = async {
+                if let Some(size) = size {
+                    let handle = match open_writer.clone() {
+                        Some(h) => h,
+                        None => {
+                            // truncate(2) on a path: a temporary writer, committed at once.
+                            let h = Arc::new(Mutex::new(shared.write_handle(ino, &path, false)?));
+                            let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
+                            shared.handles.lock().expect("handle lock").insert(fh, h.clone());
+                            let resized = resize(&h, size);
+                            let committed = match resized {
+                                Ok(()) => shared.commit(&h).await,
+                                Err(e) => Err(e),
+                            };
+                            shared.drop_handle(fh);
+                            return committed;
+                        }
+                    };
+                    resize(&handle, size)?;
+                }
+                if let Some(t) = mtime {
+                    let when = nanos(match t {
+                        TimeOrNow::SpecificTime(t) => t,
+                        TimeOrNow::Now => SystemTime::now(),
+                    });
+                    // Uncommitted contents take the time with them when they are committed.
+                    if !open_writer.as_ref().is_some_and(|h| set_pending_mtime(h, when)) {
+                        shared.node.touch(&path, when).await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match result.map_err(|e| errno(&e)).and_then(|()| shared.stat(ino, &path)) {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(libc::EPERM);
+    }
+
+    fn mkdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        let shared = self.shared.clone();
+        let path = match shared.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.later(async move {
+            match shared.node.mkdir(&path).await.map_err(|e| errno(&e)).and_then(|()| shared.lookup_attr(&path)) {
+                Ok(attr) => reply.entry(&TTL, &attr, 0),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, false, reply);
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, true, reply);
+    }
+
+    fn symlink(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _link: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(libc::EPERM);
+    }
+
+    fn link(&mut self, _req: &Request<'_>, _ino: u64, _newparent: u64, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(libc::EPERM);
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let shared = self.shared.clone();
+        let (from, to) = match (shared.child(parent, name), shared.child(newparent, newname)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if flags & libc::RENAME_NOREPLACE != 0 && shared.node.store().stat(&to).is_ok() {
+            return reply.error(libc::EEXIST);
+        }
+        self.later(async move {
+            match shared.node.rename(&from, &to).await {
+                Ok(()) => {
+                    shared.inodes.lock().expect("inode lock").rename(&from, &to);
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let shared = self.shared.clone();
+        let path = match shared.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags & libc::O_TRUNC != 0;
+        self.later(async move {
+            let opened = async {
+                if !shared.stale_reads {
+                    shared.node.read_barrier().await?;
+                }
+                if writing {
+                    return shared.write_handle(ino, &path, truncate);
+                }
+                let file = File::open(shared.node.store().tree().path(&path)).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => crate::raft::command::FileError::NotFound(path.clone()).into(),
+                    _ => Error::io(format!("open {path}"), e),
+                })?;
+                Ok(Handle::Read { file })
+            }
+            .await;
+            match opened {
+                Ok(handle) => reply.opened(shared.add_handle(handle), 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let shared = &self.shared;
+        let created = shared.child(parent, name).and_then(|path| {
+            let ino = shared.inodes.lock().expect("inode lock").ino(&path);
+            let handle = shared.write_handle(ino, &path, true).map_err(|e| errno(&e))?;
+            let fh = shared.add_handle(handle);
+            Ok((fh, shared.stat(ino, &path)?))
+        });
+        match created {
+            Ok((fh, attr)) => reply.created(&TTL, &attr, 0, fh, 0),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let handle = match self.shared.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let guard = handle.lock().expect("handle");
+        let file = match &*guard {
+            Handle::Read { file } => file,
+            Handle::Write { buffer, .. } => buffer,
+        };
+        let mut buf = vec![0; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset as u64 + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return reply.error(libc::EIO),
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let handle = match self.shared.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let mut guard = handle.lock().expect("handle");
+        match &mut *guard {
+            Handle::Write { buffer, dirty, .. } => match buffer.write_all_at(data, offset as u64) {
+                Ok(()) => {
+                    *dirty = true;
+                    reply.written(data.len() as u32)
+                }
+                Err(e) => reply.error(e.raw_os_error().unwrap_or(libc::EIO)),
+            },
+            Handle::Read { .. } => reply.error(libc::EBADF),
+        }
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
+        self.commit_then(fh, false, reply);
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        self.commit_then(fh, false, reply);
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.commit_then(fh, true, reply);
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let shared = &self.shared;
+        let path = match shared.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let children = match shared.node.store().list(&path) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let parent_ino = shared.known(inodes::split(&path).0).unwrap_or(inodes::ROOT);
+        let mut entries =
+            vec![(ino, FileType::Directory, ".".to_string()), (parent_ino, FileType::Directory, "..".to_string())];
+        {
+            let mut table = shared.inodes.lock().expect("inode lock");
+            for (name, stat) in children {
+                let kind = if stat.is_dir { FileType::Directory } else { FileType::RegularFile };
+                entries.push((table.ino(&child_path(&path, &name)), kind, name));
+            }
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(ino, (i + 1) as i64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let root = self.shared.node.store().tree().root.clone();
+        let c_path = match std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) {
+            Ok(p) => p,
+            Err(_) => return reply.error(libc::EIO),
+        };
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+            return reply.error(libc::EIO);
+        }
+        reply.statfs(
+            st.f_blocks,
+            st.f_bfree,
+            st.f_bavail,
+            st.f_files,
+            st.f_ffree,
+            st.f_bsize as u32,
+            files::MAX_COMPONENT as u32,
+            st.f_frsize as u32,
+        );
+    }
+}
+
+/// Records a time for a writer's uncommitted contents; false if it has none pending.
+fn set_pending_mtime(handle: &Mutex<Handle>, when: u64) -> bool {
+    match &mut *handle.lock().expect("handle") {
+        Handle::Write { dirty: true, mtime, .. } => {
+            *mtime = Some(when);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sets a write handle's buffered size.
+fn resize(handle: &Mutex<Handle>, size: u64) -> Result<()> {
+    match &mut *handle.lock().expect("handle") {
+        Handle::Write { buffer, dirty, .. } => {
+            buffer.set_len(size).map_err(|e| Error::io("resize write buffer", e))?;
+            *dirty = true;
+            Ok(())
+        }
+        Handle::Read { .. } => Err(Error::BadRequest("handle is read-only".into())),
+    }
+}
+
+impl RaftFs {
+    fn remove(&mut self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let shared = self.shared.clone();
+        let path = match shared.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.later(async move {
+            let result = if dir { shared.node.rmdir(&path).await } else { shared.node.unlink(&path).await };
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    /// Commits a handle's buffer (if dirty), then replies; `release` also drops the handle.
+    fn commit_then(&mut self, fh: u64, release: bool, reply: ReplyEmpty) {
+        let shared = self.shared.clone();
+        let handle = match shared.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let needs_commit = matches!(&*handle.lock().expect("handle"), Handle::Write { dirty: true, .. });
+        if !needs_commit {
+            if release {
+                shared.drop_handle(fh);
+            }
+            return reply.ok();
+        }
+        self.later(async move {
+            let result = shared.commit(&handle).await;
+            if release {
+                shared.drop_handle(fh);
+            }
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    debug!(cause = %e, "commit failed");
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+}

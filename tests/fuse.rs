@@ -1,0 +1,244 @@
+//! The FUSE mount on a real 3-node cluster: ordinary programs (sh, cat, cp, mv, rm, mkdir,
+//! truncate, tar, git) on one node's mount, results on every node's. Needs /dev/fuse and root;
+//! without them every test prints one `SKIPPED:` line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Whether this machine can mount FUSE filesystems; says why not, loudly, if it cannot.
+fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        println!("SKIPPED: no /dev/fuse");
+        return false;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: FUSE tests mount directly and need root");
+        return false;
+    }
+    true
+}
+
+fn mount_of(tmp: &Path, i: usize) -> PathBuf {
+    tmp.join(format!("mnt.{}", i + 1))
+}
+
+/// A cluster whose node i mounts at `<tmp>/mnt.<i+1>`.
+fn mounted_cluster(extra: &[&str]) -> (Cluster, Vec<PathBuf>) {
+    let c = Cluster::start_with(3, |i, tmp| {
+        let mut args = vec!["--mount".to_string(), mount_of(tmp, i).display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    });
+    let mounts: Vec<PathBuf> = (0..3).map(|i| mount_of(c.tmp.path(), i)).collect();
+    for m in &mounts {
+        wait_for(Duration::from_secs(20), "the mount", || is_mounted(m).then_some(()));
+    }
+    (c, mounts)
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m) == path)
+}
+
+/// Runs a shell command; returns (success, stdout, stderr).
+fn sh(script: &str) -> (bool, String, String) {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn ok(script: &str) -> String {
+    let (success, out, err) = sh(script);
+    assert!(success, "`{script}` failed: {err}");
+    out
+}
+
+/// Every file (relative path → bytes) and directory under `root`.
+fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push((rel, None));
+                walk(root, &p, out);
+            } else {
+                out.push((rel, Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn echo_on_one_node_cat_on_every_node() {
+    if !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(&[]);
+    let leader = c.wait_leader();
+    let follower = c.followers(leader)[0];
+    let (ml, mf) = (&m[leader].display().to_string(), &m[follower].display().to_string());
+
+    ok(&format!("echo BAR > {ml}/foo"));
+    for mount in &m {
+        assert_eq!(ok(&format!("cat {}/foo", mount.display())), "BAR\n");
+    }
+    // A write through a follower's mount.
+    ok(&format!("echo from-follower > {mf}/bar"));
+    assert_eq!(ok(&format!("cat {ml}/bar")), "from-follower\n");
+
+    // mkdir, rename, truncate, rm, rmdir propagate.
+    ok(&format!("mkdir -p {mf}/d/e && echo x > {mf}/d/e/f && mv {mf}/d/e/f {mf}/d/g && truncate -s 1 {mf}/foo"));
+    for mount in &m {
+        let mp = mount.display();
+        assert_eq!(ok(&format!("cat {mp}/d/g")), "x\n");
+        assert!(!mount.join("d/e/f").exists());
+        assert_eq!(ok(&format!("cat {mp}/foo")), "B");
+    }
+    ok(&format!("mv {ml}/d {ml}/renamed && rm {ml}/renamed/g && rmdir {ml}/renamed/e {ml}/renamed"));
+    for mount in &m {
+        assert!(!mount.join("d").exists() && !mount.join("renamed").exists());
+    }
+    let (success, _, err) = sh(&format!("rmdir {ml}"));
+    assert!(!success, "{err}");
+
+    // ls -l looks normal: sizes and mtimes.
+    let before = std::time::SystemTime::now() - Duration::from_secs(5);
+    let meta = std::fs::metadata(m[2].join("bar")).unwrap();
+    assert_eq!(meta.len(), "from-follower\n".len() as u64);
+    assert!(meta.modified().unwrap() > before);
+    let listing = ok(&format!("ls -l {}", m[2].display()));
+    assert!(listing.contains(" 14 ") && listing.contains("bar") && listing.contains("-rw-r--r--"), "{listing}");
+
+    // HTTP → FUSE and FUSE → HTTP.
+    assert_eq!(c.nodes[follower].post("/files/via-http", b"http body").0, 200);
+    assert_eq!(ok(&format!("cat {}/via-http", m[leader].display())), "http body");
+    ok(&format!("printf fuse-body > {ml}/via-fuse"));
+    for n in &c.nodes {
+        assert_eq!(n.get("/files/via-fuse"), (200, b"fuse-body".to_vec()));
+    }
+    // Bad names get EINVAL, unsupported operations a proper errno.
+    let (success, _, err) = sh(&format!("ln -s foo {ml}/link"));
+    assert!(!success && err.contains("not permitted"), "{err}");
+}
+
+#[test]
+fn large_files_tarballs_and_git_leave_identical_trees() {
+    if !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(&[]);
+    let leader = c.wait_leader();
+    let writer = c.followers(leader)[0];
+    let work = c.tmp.path().join("work");
+    std::fs::create_dir_all(work.join("src")).unwrap();
+
+    // 64 MiB through a follower's mount, without holding it in memory.
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(work.join("big.bin"), &big).unwrap();
+    ok(&format!("cp {}/big.bin {}/big.bin", work.display(), m[writer].display()));
+    for (i, mount) in m.iter().enumerate() {
+        assert!(std::fs::read(mount.join("big.bin")).unwrap() == big, "node {i} has the exact bytes");
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", c.nodes[writer].child.as_ref().unwrap().id())).unwrap();
+    let peak_kb: u64 =
+        status.lines().find(|l| l.starts_with("VmHWM")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(peak_kb < 48 * 1024, "peak RSS {peak_kb} kB while copying 64 MiB");
+
+    // A tarball of a few hundred files, unpacked into the mount.
+    for i in 0..300 {
+        let dir = work.join(format!("src/d{}", i % 12));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n").repeat(i % 7 + 1)).unwrap();
+    }
+    ok(&format!("cd {} && tar cf src.tar src", work.display()));
+    ok(&format!("tar xf {}/src.tar -C {}", work.display(), m[writer].display()));
+    assert_eq!(tree(&m[writer].join("src")), tree(&work.join("src")));
+
+    // git inside the mount.
+    let repo = m[leader].join("repo");
+    ok(&format!(
+        "mkdir {r} && cd {r} && git init -q && cp -r {src} . && git add . && \
+         git -c user.name=raftd -c user.email=raftd@localhost commit -qm 'first' && git status --short",
+        r = repo.display(),
+        src = work.join("src").display()
+    ));
+    assert!(ok(&format!("cd {} && git log --oneline", m[writer].join("repo").display())).contains("first"));
+
+    // Identical trees on all nodes: through every mount and in every data directory.
+    let reference = tree(&m[0]);
+    assert!(reference.len() > 300);
+    for (i, mount) in m.iter().enumerate().skip(1) {
+        assert!(tree(mount) == reference, "mount {i} differs");
+    }
+    for node in &c.nodes {
+        wait_for(Duration::from_secs(20), "data dirs to converge", || {
+            (tree(&node.dir.join("files")) == reference).then_some(())
+        });
+    }
+}
+
+#[test]
+fn close_fails_without_quorum_and_mounts_recover() {
+    if !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(&["--request-timeout-ms", "2000"]);
+    let leader = c.wait_leader();
+    let [a, b] = c.followers(leader)[..] else { panic!() };
+    ok(&format!("echo before > {}/f", m[a].display()));
+
+    // Quorum lost: the write is refused at close, visibly, in bounded time.
+    c.nodes[leader].kill();
+    c.nodes[b].kill();
+    let started = Instant::now();
+    let (success, _, err) = sh(&format!("echo lost > {}/f", m[a].display()));
+    assert!(!success, "close must fail without a quorum");
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
+    // The killed nodes left stale mounts ("Transport endpoint is not connected").
+    let stale = std::fs::metadata(&m[b]).unwrap_err();
+    assert_eq!(stale.raw_os_error(), Some(libc::ENOTCONN), "{stale}");
+    c.nodes[b].spawn();
+    c.nodes[leader].spawn();
+    wait_for(Duration::from_secs(30), "the remount to serve", || {
+        (std::fs::read_to_string(m[b].join("f")).ok()? == "before\n").then_some(())
+    });
+    assert!(c.nodes[b].logs().contains("detaching a stale mount"));
+    c.wait_leader();
+    ok(&format!("echo after > {}/f", m[a].display()));
+    assert_eq!(ok(&format!("cat {}/f", m[leader].display())), "after\n");
+
+    // A busy mount point and a file as mount point are refused with a clear message.
+    let busy = Command::new(bin())
+        .arg(c.tmp.path().join("other"))
+        .args(["--port", &free_port().to_string(), "--mount", &m[a].display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("busy"), "{}", String::from_utf8_lossy(&busy.stderr));
+    let file = c.tmp.path().join("plain-file");
+    std::fs::write(&file, b"").unwrap();
+    let not_dir = Command::new(bin())
+        .arg(c.tmp.path().join("other2"))
+        .args(["--port", &free_port().to_string(), "--mount", &file.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&not_dir.stderr).contains("not a directory"));
+
+    // SIGTERM unmounts cleanly.
+    c.nodes[a].signal(libc::SIGTERM);
+    wait_for(Duration::from_secs(20), "the node to exit", || (!c.nodes[a].is_running()).then_some(()));
+    assert!(!is_mounted(&m[a]), "unmounted on SIGTERM");
+}
