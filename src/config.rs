@@ -108,7 +108,7 @@ impl Config {
         Ok(())
     }
 
-    /// openraft's configuration derived from ours.
+    /// openraft's configuration derived from ours (validated by openraft too).
     pub fn raft_config(&self) -> Result<openraft::Config> {
         let min = self.election_timeout.as_millis() as u64;
         let config = openraft::Config {
@@ -124,5 +124,24 @@ impl Config {
             ..Default::default()
         };
         config.validate().map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_is_checked() {
+        let mut c = Config::new("d".into(), "localhost".into(), 4001);
+        c.validate().unwrap();
+        assert_eq!(c.raft_config().unwrap().election_timeout_max, 2 * DEFAULT_ELECTION_TIMEOUT_MS);
+        // go-raft's pace is reachable.
+        c.heartbeat = Duration::from_millis(1000);
+        c.election_timeout = Duration::from_millis(2000);
+        c.validate().unwrap();
+        c.raft_config().unwrap();
+        c.election_timeout = Duration::from_millis(1000);
+        assert!(c.validate().unwrap_err().to_string().contains("must be longer than the heartbeat"));
     }
 }

@@ -18,8 +18,10 @@ fn writes_through_any_node_reach_every_replica() {
     let leader = c.wait_leader();
     let f = c.followers(leader)[0];
 
-    // A write through a follower is forwarded and acknowledged after commit.
+    // A write through a follower is forwarded and acknowledged after commit, once the
+    // answering node has applied it: its local files show it at once.
     assert_eq!(c.nodes[f].post("/files/foo", b"BAR").0, 200);
+    assert_eq!(c.nodes[f].get("/files/foo?consistency=stale"), (200, b"BAR".to_vec()));
     for i in 0..3 {
         assert_eq!(c.nodes[i].get("/files/foo"), (200, b"BAR".to_vec()), "linearizable read on node {i}");
         c.wait_replicated(i, "foo", b"BAR");
@@ -111,7 +113,7 @@ fn bad_requests_are_refused_clearly() {
 
 #[test]
 fn linearizable_reads_see_every_acknowledged_write() {
-    let mut c = Cluster::start(3, &[]);
+    let mut c = Cluster::start(3, &["-v"]);
     let leader = c.wait_leader();
     let followers = c.followers(leader);
     for i in 0..60 {
@@ -120,6 +122,9 @@ fn linearizable_reads_see_every_acknowledged_write() {
         assert_eq!(c.nodes[writer].post("/files/counter", value.as_bytes()).0, 200);
         assert_eq!(c.nodes[reader].get("/files/counter"), (200, value.into_bytes()), "read {i} on another follower");
     }
+    // -v shows the traffic between nodes.
+    assert!(c.nodes[leader].logs().contains("send append"), "{}", c.nodes[leader].logs());
+    assert!(c.nodes[followers[0]].logs().contains("recv append"));
 }
 
 #[test]

@@ -118,6 +118,23 @@ async fn damage_before_the_end_refuses_to_load() {
 }
 
 #[tokio::test]
+async fn retried_commands_are_answered_not_reapplied() {
+    use crate::raft::command::Delete;
+    let dir = tempfile::tempdir().unwrap();
+    let files = FileStore::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(dir.path(), files.tree().clone(), files.change_sender()).unwrap();
+    let delete = |index, req| Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Delete(Delete { filename: "f0".into(), req: Some(req) })),
+    };
+    // f0 exists; the delete is proposed, then retried with the same id after an unclear outcome.
+    let results = sm.apply([entry(1, 0), delete(1, 42), delete(2, 42), delete(3, 43)]).await.unwrap();
+    assert_eq!(results[1], Ok(()));
+    assert_eq!(results[2], Ok(()), "the retry gets the first answer, not NotFound");
+    assert!(matches!(results[3], Err(crate::raft::command::FileError::NotFound(_))), "a new request is applied");
+}
+
+#[tokio::test]
 async fn state_machine_resumes_from_its_marker() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
