@@ -13,7 +13,8 @@
 //! with EIO if they cannot be. `open()`, and a lookup that finds nothing locally, first pass
 //! a read barrier through the leader (unless `--stale-reads`), so they see every write whose
 //! `close()` returned before they began; a read handle keeps the version it opened. Attributes and entries are not cached by
-//! the kernel (TTL 0), pages are dropped at every open, and applied changes are invalidated.
+//! the kernel (TTL 0), pages are dropped at every open, and the pages and attributes of
+//! whatever an applied change touched are invalidated.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -3,13 +3,13 @@
 //! [`Mount::start`] prepares the mount point (a stale mount left by a crashed run is detached;
 //! a live one or a non-directory is refused with a clear error), mounts through the kernel
 //! directly (fuser, no libfuse), runs the session on its own thread, and starts a thread that
-//! turns applied changes into kernel cache invalidations. Dropping the `Mount` unmounts.
+//! turns applied changes into kernel page/attribute invalidations. Dropping the `Mount`
+//! unmounts.
 
 pub mod errno;
 pub mod fs;
 pub mod inodes;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -101,7 +101,7 @@ pub fn is_mounted(path: &Path) -> bool {
     table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&m.replace("\\040", " ")) == abs)
 }
 
-/// Drops kernel caches for what each applied change touched.
+/// Drops the kernel's cached pages and attributes of whatever each applied change touched.
 fn invalidate(mut changes: tokio::sync::broadcast::Receiver<Change>, notifier: Notifier, shared: Arc<fs::Shared>) {
     loop {
         let paths = match changes.blocking_recv() {
@@ -114,11 +114,10 @@ fn invalidate(mut changes: tokio::sync::broadcast::Receiver<Change>, notifier: N
             }
             Err(RecvError::Closed) => return,
         };
+        // Names need no invalidation: entries are never cached (TTL 0), so the kernel asks
+        // again on every lookup. Invalidating an entry would even detach a directory that is
+        // some process's working directory (getcwd then fails with ENOENT).
         for path in paths {
-            let (parent, name) = inodes::split(&path);
-            if let Some(parent) = shared.known(parent) {
-                let _ = notifier.inval_entry(parent, OsStr::new(name));
-            }
             if let Some(ino) = shared.known(&path) {
                 let _ = notifier.inval_inode(ino, 0, 0);
             }
