@@ -16,12 +16,10 @@
 //! the kernel (TTL 0), pages are dropped at every open, and the pages and attributes of
 //! whatever an applied change touched are invalidated.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,32 +31,23 @@ use tokio::runtime::Handle as Runtime;
 use tracing::debug;
 
 use super::errno::errno;
+use super::handles::{self, locked, Handle, Handles};
 use super::inodes::{self, attr, child_path, Inodes};
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::raft::command::FileError;
 use crate::store::{files, Stat};
 
 /// How long the kernel may cache attributes and entries: not at all, so a change applied
 /// from another node is seen at the next system call.
 const TTL: Duration = Duration::ZERO;
 
-/// An open file.
-enum Handle {
-    /// Opened for reading: the version that was current at open.
-    Read { file: File },
-    /// Opened for writing: contents buffered in a local file until committed.
-    /// `mtime` is a time set (utimes) before the contents were committed.
-    Write { ino: u64, buffer: File, buffer_path: PathBuf, dirty: bool, mtime: Option<u64> },
-}
-
 /// State shared by the request loop and the tasks that reply later.
 pub struct Shared {
     node: Arc<Node>,
+    /// std lock: table edits only, never across an await.
     inodes: Mutex<Inodes>,
-    /// std locks: held for table edits and local pread/pwrite only, never across an await.
-    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
-    next_fh: AtomicU64,
-    buffers: PathBuf,
+    handles: Handles,
     stale_reads: bool,
     uid: u32,
     gid: u32,
@@ -73,14 +62,12 @@ pub struct RaftFs {
 impl RaftFs {
     /// A filesystem over `node`, buffering writes in `buffers` (emptied first).
     pub fn new(node: Arc<Node>, runtime: Runtime, buffers: PathBuf, stale_reads: bool) -> Result<Self> {
-        let _ = std::fs::remove_dir_all(&buffers);
-        std::fs::create_dir_all(&buffers).map_err(|e| Error::io(format!("create {}", buffers.display()), e))?;
+        let handles =
+            Handles::open(buffers.clone()).map_err(|e| Error::io(format!("create {}", buffers.display()), e))?;
         let shared = Shared {
             node,
             inodes: Mutex::default(),
-            handles: Mutex::default(),
-            next_fh: AtomicU64::new(1),
-            buffers,
+            handles,
             stale_reads,
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
@@ -122,26 +109,8 @@ impl Shared {
         Ok(path)
     }
 
-    /// An open writer of `ino`, if any.
-    fn writer(&self, ino: u64) -> Option<Arc<Mutex<Handle>>> {
-        let handles = self.handles.lock().expect("handle lock");
-        handles
-            .values()
-            .find(|h| matches!(&*h.lock().expect("handle"), Handle::Write { ino: i, .. } if *i == ino))
-            .cloned()
-    }
-
-    /// Size of the newest buffered (uncommitted) contents for `ino`, if a writer has any.
-    fn buffered_size(&self, ino: u64) -> Option<u64> {
-        let handles = self.handles.lock().expect("handle lock");
-        handles.values().find_map(|h| match &*h.lock().expect("handle") {
-            Handle::Write { ino: i, buffer, .. } if *i == ino => buffer.metadata().ok().map(|m| m.len()),
-            _ => None,
-        })
-    }
-
     fn stat(&self, ino: u64, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
-        let stat = match (self.node.store().stat(path), self.buffered_size(ino)) {
+        let stat = match (self.node.store().stat(path), self.handles.buffered_size(ino)) {
             (Ok(mut s), Some(size)) => {
                 s.size = size;
                 s
@@ -159,54 +128,23 @@ impl Shared {
         self.stat(ino, path)
     }
 
-    fn handle(&self, fh: u64) -> std::result::Result<Arc<Mutex<Handle>>, libc::c_int> {
-        self.handles.lock().expect("handle lock").get(&fh).cloned().ok_or(libc::EBADF)
+    fn handle(&self, fh: u64) -> std::result::Result<handles::Shared, libc::c_int> {
+        self.handles.get(fh).ok_or(libc::EBADF)
     }
 
-    fn add_handle(&self, handle: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().expect("handle lock").insert(fh, Arc::new(Mutex::new(handle)));
-        fh
-    }
-
-    /// A new write buffer, holding the committed contents unless `truncate`.
-    fn write_handle(&self, ino: u64, path: &str, truncate: bool) -> Result<Handle> {
-        let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
-        let io = |e| Error::io(format!("write buffer for {path}"), e);
-        if !truncate {
-            match std::fs::copy(self.node.store().tree().path(path), &buffer_path) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
-        let buffer =
-            File::options().read(true).write(true).create(true).truncate(false).open(&buffer_path).map_err(io)?;
-        Ok(Handle::Write { ino, buffer, buffer_path, dirty: truncate, mtime: None })
+    /// A new write handle for `path`, holding its committed contents unless `truncate`.
+    fn writer(&self, ino: u64, path: &str, truncate: bool) -> Result<Handle> {
+        let committed = self.node.store().tree().path(path);
+        self.handles.new_writer(ino, &committed, truncate).map_err(|e| Error::io(format!("write buffer for {path}"), e))
     }
 
     /// Proposes a handle's buffered contents if they changed since the last commit.
-    async fn commit(&self, handle: &Mutex<Handle>) -> Result<()> {
-        let (ino, buffer, mtime) = match &mut *handle.lock().expect("handle") {
-            Handle::Write { ino, buffer, dirty, mtime, .. } if *dirty => {
-                *dirty = false;
-                (*ino, buffer.try_clone().map_err(|e| Error::io("clone write buffer", e))?, mtime.take())
-            }
-            _ => return Ok(()),
-        };
-        let path = self
-            .path(ino)
-            .map_err(|_| Error::File(crate::raft::command::FileError::NotFound(format!("inode {ino}"))))?;
+    async fn commit(&self, handle: &handles::Shared) -> Result<()> {
+        let pending = locked(handle).take_pending().map_err(|e| Error::io("clone write buffer", e))?;
+        let Some(pending) = pending else { return Ok(()) };
+        let path = self.path(pending.ino).map_err(|_| FileError::NotFound(format!("inode {}", pending.ino)))?;
         debug!(path, "commit");
-        self.node.write_file_from(&path, &buffer, mtime).await
-    }
-
-    fn drop_handle(&self, fh: u64) {
-        if let Some(h) = self.handles.lock().expect("handle lock").remove(&fh) {
-            if let Handle::Write { buffer_path, .. } = &*h.lock().expect("handle") {
-                let _ = std::fs::remove_file(buffer_path);
-            }
-        }
+        self.node.write_file_from(&path, &pending.contents, pending.mtime).await
     }
 }
 
@@ -278,8 +216,8 @@ impl Filesystem for RaftFs {
         };
         let open_writer = fh
             .and_then(|fh| shared.handle(fh).ok())
-            .or_else(|| shared.writer(ino))
-            .filter(|h| matches!(&*h.lock().expect("handle"), Handle::Write { .. }));
+            .filter(|h| matches!(&*locked(h), Handle::Write(_)))
+            .or_else(|| shared.handles.writer_of(ino));
         self.later(async move {
             let result = async {
                 if let Some(size) = size {
@@ -287,19 +225,19 @@ impl Filesystem for RaftFs {
                         Some(h) => h,
                         None => {
                             // truncate(2) on a path: a temporary writer, committed at once.
-                            let h = Arc::new(Mutex::new(shared.write_handle(ino, &path, false)?));
-                            let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
-                            shared.handles.lock().expect("handle lock").insert(fh, h.clone());
-                            let resized = resize(&h, size);
+                            let (fh, h) = shared.handles.insert(shared.writer(ino, &path, false)?);
+                            let resized = locked(&h).resize(size);
                             let committed = match resized {
                                 Ok(()) => shared.commit(&h).await,
-                                Err(e) => Err(e),
+                                Err(e) => Err(Error::io("resize", std::io::Error::from_raw_os_error(e))),
                             };
-                            shared.drop_handle(fh);
+                            shared.handles.remove(fh);
                             return committed;
                         }
                     };
-                    resize(&handle, size)?;
+                    locked(&handle)
+                        .resize(size)
+                        .map_err(|e| Error::io("resize", std::io::Error::from_raw_os_error(e)))?;
                 }
                 if let Some(t) = mtime {
                     let when = nanos(match t {
@@ -307,7 +245,7 @@ impl Filesystem for RaftFs {
                         TimeOrNow::Now => SystemTime::now(),
                     });
                     // Uncommitted contents take the time with them when they are committed.
-                    if !open_writer.as_ref().is_some_and(|h| set_pending_mtime(h, when)) {
+                    if !open_writer.as_ref().is_some_and(|h| locked(h).set_pending_mtime(when)) {
                         shared.node.touch(&path, when).await?;
                     }
                 }
@@ -417,17 +355,17 @@ impl Filesystem for RaftFs {
                     shared.node.read_barrier().await?;
                 }
                 if writing {
-                    return shared.write_handle(ino, &path, truncate);
+                    return shared.writer(ino, &path, truncate);
                 }
                 let file = File::open(shared.node.store().tree().path(&path)).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => crate::raft::command::FileError::NotFound(path.clone()).into(),
+                    std::io::ErrorKind::NotFound => FileError::NotFound(path.clone()).into(),
                     _ => Error::io(format!("open {path}"), e),
                 })?;
-                Ok(Handle::Read { file })
+                Ok(Handle::Read(file))
             }
             .await;
             match opened {
-                Ok(handle) => reply.opened(shared.add_handle(handle), 0),
+                Ok(handle) => reply.opened(shared.handles.insert(handle).0, 0),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -446,8 +384,8 @@ impl Filesystem for RaftFs {
         let shared = &self.shared;
         let created = shared.child(parent, name).and_then(|path| {
             let ino = shared.inodes.lock().expect("inode lock").ino(&path);
-            let handle = shared.write_handle(ino, &path, true).map_err(|e| errno(&e))?;
-            let fh = shared.add_handle(handle);
+            let handle = shared.writer(ino, &path, true).map_err(|e| errno(&e))?;
+            let (fh, _) = shared.handles.insert(handle);
             Ok((fh, shared.stat(ino, &path)?))
         });
         match created {
@@ -471,11 +409,8 @@ impl Filesystem for RaftFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let guard = handle.lock().expect("handle");
-        let file = match &*guard {
-            Handle::Read { file } => file,
-            Handle::Write { buffer, .. } => buffer,
-        };
+        let guard = locked(&handle);
+        let file = guard.file();
         let mut buf = vec![0; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
@@ -505,16 +440,10 @@ impl Filesystem for RaftFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let mut guard = handle.lock().expect("handle");
-        match &mut *guard {
-            Handle::Write { buffer, dirty, .. } => match buffer.write_all_at(data, offset as u64) {
-                Ok(()) => {
-                    *dirty = true;
-                    reply.written(data.len() as u32)
-                }
-                Err(e) => reply.error(e.raw_os_error().unwrap_or(libc::EIO)),
-            },
-            Handle::Read { .. } => reply.error(libc::EBADF),
+        let written = locked(&handle).write_at(data, offset as u64);
+        match written {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -590,29 +519,6 @@ impl Filesystem for RaftFs {
     }
 }
 
-/// Records a time for a writer's uncommitted contents; false if it has none pending.
-fn set_pending_mtime(handle: &Mutex<Handle>, when: u64) -> bool {
-    match &mut *handle.lock().expect("handle") {
-        Handle::Write { dirty: true, mtime, .. } => {
-            *mtime = Some(when);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Sets a write handle's buffered size.
-fn resize(handle: &Mutex<Handle>, size: u64) -> Result<()> {
-    match &mut *handle.lock().expect("handle") {
-        Handle::Write { buffer, dirty, .. } => {
-            buffer.set_len(size).map_err(|e| Error::io("resize write buffer", e))?;
-            *dirty = true;
-            Ok(())
-        }
-        Handle::Read { .. } => Err(Error::BadRequest("handle is read-only".into())),
-    }
-}
-
 impl RaftFs {
     fn remove(&mut self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let shared = self.shared.clone();
@@ -636,17 +542,16 @@ impl RaftFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let needs_commit = matches!(&*handle.lock().expect("handle"), Handle::Write { dirty: true, .. });
-        if !needs_commit {
+        if !locked(&handle).is_dirty() {
             if release {
-                shared.drop_handle(fh);
+                shared.handles.remove(fh);
             }
             return reply.ok();
         }
         self.later(async move {
             let result = shared.commit(&handle).await;
             if release {
-                shared.drop_handle(fh);
+                shared.handles.remove(fh);
             }
             match result {
                 Ok(()) => reply.ok(),

@@ -8,6 +8,7 @@
 
 pub mod errno;
 pub mod fs;
+pub mod handles;
 pub mod inodes;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,213 @@
+//! Open files. A read handle pins the version of the file that was current at `open`; a write
+//! handle buffers the contents in a local file (disk, not memory) until they are committed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One open file.
+pub enum Handle {
+    /// Opened for reading.
+    Read(File),
+    /// Opened for writing.
+    Write(Writer),
+}
+
+/// Buffered contents of a file opened for writing.
+pub struct Writer {
+    /// The inode being written.
+    pub ino: u64,
+    buffer: File,
+    buffer_path: PathBuf,
+    /// Changed since the last commit.
+    dirty: bool,
+    /// A time set (utimes) while contents were pending; committed with them.
+    mtime: Option<u64>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.buffer_path);
+    }
+}
+
+/// What a commit sends: the inode, a handle on the buffered contents, and the time to stamp.
+pub struct Pending {
+    /// The inode written.
+    pub ino: u64,
+    /// The buffered contents.
+    pub contents: File,
+    /// A time set while the contents were pending.
+    pub mtime: Option<u64>,
+}
+
+impl Handle {
+    /// The file reads are served from.
+    pub fn file(&self) -> &File {
+        match self {
+            Handle::Read(file) => file,
+            Handle::Write(w) => &w.buffer,
+        }
+    }
+
+    /// Whether uncommitted writes are buffered.
+    pub fn is_dirty(&self) -> bool {
+        matches!(self, Handle::Write(Writer { dirty: true, .. }))
+    }
+
+    /// Buffers `data` at `offset`; EBADF on a read handle.
+    pub fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), libc::c_int> {
+        match self {
+            Handle::Write(w) => {
+                w.buffer.write_all_at(data, offset).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                w.dirty = true;
+                Ok(())
+            }
+            Handle::Read(_) => Err(libc::EBADF),
+        }
+    }
+
+    /// Sets the buffered size; EBADF on a read handle.
+    pub fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
+        match self {
+            Handle::Write(w) => {
+                w.buffer.set_len(size).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                w.dirty = true;
+                Ok(())
+            }
+            Handle::Read(_) => Err(libc::EBADF),
+        }
+    }
+
+    /// Records a modification time for pending contents; false if none are pending.
+    pub fn set_pending_mtime(&mut self, when: u64) -> bool {
+        match self {
+            Handle::Write(w) if w.dirty => {
+                w.mtime = Some(when);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes what must be committed, marking the handle clean; `None` if nothing is pending.
+    pub fn take_pending(&mut self) -> io::Result<Option<Pending>> {
+        match self {
+            Handle::Write(w) if w.dirty => {
+                let contents = w.buffer.try_clone()?;
+                w.dirty = false;
+                Ok(Some(Pending { ino: w.ino, contents, mtime: w.mtime.take() }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A shared, lockable handle. std lock: held for a local pread/pwrite at most.
+pub type Shared = Arc<Mutex<Handle>>;
+
+/// The table of open handles, by FUSE file handle number.
+pub struct Handles {
+    /// std lock: table edits only.
+    table: Mutex<HashMap<u64, Shared>>,
+    next: AtomicU64,
+    buffers: PathBuf,
+}
+
+fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
+    h.lock().expect("handle lock poisoned")
+}
+
+impl Handles {
+    /// A table whose write buffers live in `buffers` (emptied first: leftovers of a crash).
+    pub fn open(buffers: PathBuf) -> io::Result<Self> {
+        let _ = std::fs::remove_dir_all(&buffers);
+        std::fs::create_dir_all(&buffers)?;
+        Ok(Handles { table: Mutex::default(), next: AtomicU64::new(1), buffers })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Shared>> {
+        self.table.lock().expect("handle table lock poisoned")
+    }
+
+    /// Registers a handle; returns its number and a shared reference.
+    pub fn insert(&self, handle: Handle) -> (u64, Shared) {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Mutex::new(handle));
+        self.table().insert(fh, shared.clone());
+        (fh, shared)
+    }
+
+    /// The handle with this number.
+    pub fn get(&self, fh: u64) -> Option<Shared> {
+        self.table().get(&fh).cloned()
+    }
+
+    /// Forgets a handle (its write buffer is deleted when the last reference goes).
+    pub fn remove(&self, fh: u64) {
+        self.table().remove(&fh);
+    }
+
+    /// An open write handle of `ino`, if any.
+    pub fn writer_of(&self, ino: u64) -> Option<Shared> {
+        self.table().values().find(|h| matches!(&*lock(h), Handle::Write(w) if w.ino == ino)).cloned()
+    }
+
+    /// The size of `ino`'s buffered contents, if some handle is writing it.
+    pub fn buffered_size(&self, ino: u64) -> Option<u64> {
+        self.table().values().find_map(|h| match &*lock(h) {
+            Handle::Write(w) if w.ino == ino => w.buffer.metadata().ok().map(|m| m.len()),
+            _ => None,
+        })
+    }
+
+    /// A write handle for `ino`, starting from the committed file at `committed` unless
+    /// `truncate` (or the file does not exist yet).
+    pub fn new_writer(&self, ino: u64, committed: &Path, truncate: bool) -> io::Result<Handle> {
+        let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
+        if !truncate {
+            match std::fs::copy(committed, &buffer_path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let buffer = File::options().read(true).write(true).create(true).truncate(false).open(&buffer_path)?;
+        Ok(Handle::Write(Writer { ino, buffer, buffer_path, dirty: truncate, mtime: None }))
+    }
+}
+
+/// Locks a shared handle.
+pub fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
+    lock(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_buffer_on_disk_and_commit_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let committed = dir.path().join("committed");
+        std::fs::write(&committed, b"old contents").unwrap();
+        let handles = Handles::open(dir.path().join("buffers")).unwrap();
+        let (fh, h) = handles.insert(handles.new_writer(7, &committed, false).unwrap());
+        assert!(!locked(&h).is_dirty(), "opening without O_TRUNC changes nothing");
+        locked(&h).write_at(b"new", 0).unwrap();
+        assert_eq!(handles.buffered_size(7), Some(12));
+        assert!(locked(&h).set_pending_mtime(5));
+        let pending = locked(&h).take_pending().unwrap().expect("dirty");
+        assert_eq!((pending.ino, pending.mtime), (7, Some(5)));
+        let mut buf = vec![0; 12];
+        pending.contents.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"new contents");
+        assert!(locked(&h).take_pending().unwrap().is_none(), "committed once");
+        handles.remove(fh);
+        drop((h, pending));
+        assert_eq!(std::fs::read_dir(dir.path().join("buffers")).unwrap().count(), 0, "buffer deleted");
+    }
+}
