@@ -58,6 +58,7 @@ pub async fn serve(
     let store = FileStore::open(dir)?;
     let state_machine = StateMachine::open(dir, store.tree().clone(), store.change_sender())
         .context(|| format!("open state machine in {}", dir.display()))?;
+    let clean_shutdown = state_machine.shutdown_handle();
     let client = HttpClient::new();
     let raft_config = Arc::new(config.raft_config()?);
     let raft = Raft::new(identity.id, raft_config, Network::new(client.clone()), log_store, state_machine)
@@ -100,8 +101,13 @@ pub async fn serve(
     let served = server.await;
     drop(mount);
     info!("stopping raft");
-    if let Err(e) = raft.shutdown().await {
-        warn!(cause = %e, "raft did not stop cleanly");
+    match raft.shutdown().await {
+        Ok(()) => {
+            if let Err(e) = clean_shutdown.mark_clean() {
+                warn!(cause = %e, "could not record a clean shutdown; the next start rebuilds from the snapshot");
+            }
+        }
+        Err(e) => warn!(cause = %e, "raft did not stop cleanly"),
     }
     match served {
         Ok(r) => r.context(|| "serve HTTP".into()),

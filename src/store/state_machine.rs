@@ -1,9 +1,11 @@
 //! openraft's state machine: committed entries become changes to the file tree.
 //!
-//! Applying is deterministic (commands carry everything that varies) and each entry's effect
-//! is idempotent when repeated on its own result, so the only crash-consistency rule needed is:
-//! the applied marker (`sm/applied`) is updated after *every* entry. A crash then leaves at
-//! most one entry to repeat on restart, and repeating it is harmless.
+//! Applying is deterministic (commands carry everything that varies), and the applied marker
+//! (`sm/applied`) is updated after every entry, without fsync: durability comes from the log.
+//! A clean shutdown syncs the files and leaves a flag (`sm/clean`); a start without that flag
+//! (kill -9, power failure) does not trust the files — which may be ahead of or behind the
+//! marker — and rebuilds them from the newest snapshot, after which openraft re-applies the
+//! log. So a crash can never leave a replica that silently differs from the others.
 //!
 //! Retried commands carry a request id; the results of the last [`DEDUP_CAPACITY`] ids are
 //! remembered (and travel in snapshots), so a retry answers with the first outcome instead
@@ -29,6 +31,9 @@ use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMe
 
 /// How many recent request ids the state machine remembers for de-duplication.
 pub const DEDUP_CAPACITY: usize = 10_000;
+
+/// Flag file in `sm/` written at a clean shutdown, after all applied files are synced.
+const CLEAN: &str = "clean";
 
 /// What `sm/applied` records.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -97,6 +102,8 @@ impl State {
 struct Shared {
     tree: Tree,
     snapshots: PathBuf,
+    /// `sm/`: the marker and the clean-shutdown flag.
+    sm_dir: PathBuf,
     /// std lock: held across blocking file work only, never across an await.
     state: Mutex<State>,
     changes: broadcast::Sender<Change>,
@@ -143,6 +150,7 @@ impl StateMachine {
             }
         }
         let marker_path = data_dir.join("sm").join("applied");
+        let fresh = !marker_path.exists() && current.is_none();
         let marker: Marker = match fs::read(&marker_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Marker::default(),
@@ -156,7 +164,31 @@ impl StateMachine {
         let marker_file = File::options().create(true).truncate(false).write(true).open(&marker_path)?;
         let marker_len = marker_file.metadata()?.len() as usize;
         let state = State { marker, marker_file, marker_len, dedup, current, receiving: None };
-        Ok(StateMachine { shared: Arc::new(Shared { tree, snapshots, state: Mutex::new(state), changes }) })
+        let sm_dir = data_dir.join("sm");
+        let shared = Shared { tree, snapshots, sm_dir: sm_dir.clone(), state: Mutex::new(state), changes };
+        // The flag is consumed now: from here on this run is unclean until `mark_clean`.
+        let clean = fs::remove_file(sm_dir.join(CLEAN)).is_ok();
+        File::open(&sm_dir)?.sync_all()?;
+        if !clean && !fresh {
+            shared.recover()?;
+        }
+        Ok(StateMachine { shared: Arc::new(shared) })
+    }
+
+    /// A handle the server uses to record a clean stop, after Raft has stopped applying.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.clone())
+    }
+}
+
+/// Records a clean shutdown (see [`StateMachine::shutdown_handle`]).
+pub struct ShutdownHandle(Arc<Shared>);
+
+impl ShutdownHandle {
+    /// Syncs the applied files and writes the clean-shutdown flag, so the next start trusts
+    /// the applied marker instead of rebuilding from the snapshot.
+    pub fn mark_clean(&self) -> std::io::Result<()> {
+        self.0.mark_clean()
     }
 }
 
@@ -299,11 +331,20 @@ impl Shared {
         Ok(target)
     }
 
-    fn install(&self, meta: &SnapshotMeta, archive: PathBuf) -> std::io::Result<()> {
+    /// Replaces the tree and staged uploads with an archive's contents (or with nothing) and
+    /// points the applied marker at what that covers.
+    fn reset_to(&self, meta: &SnapshotMeta, archive: Option<&Path>) -> std::io::Result<()> {
         let tag: u64 = rand::random();
         let restore = self.snapshots.join(format!("restore-{tag:016x}"));
         let trash = self.snapshots.join(format!("trash-{tag:016x}"));
-        let header = snapshot::extract(File::open(&archive)?, &restore)?;
+        let dedup = match archive {
+            Some(archive) => snapshot::extract(File::open(archive)?, &restore)?.dedup,
+            None => {
+                fs::create_dir_all(restore.join("files"))?;
+                fs::create_dir_all(restore.join("uploads"))?;
+                Vec::new()
+            }
+        };
         fs::create_dir_all(&trash)?;
         {
             let mut state = self.lock();
@@ -312,16 +353,49 @@ impl Shared {
             fs::rename(&self.tree.uploads, trash.join("uploads"))?;
             fs::rename(restore.join("uploads"), &self.tree.uploads)?;
             state.marker = Marker { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
-            state.dedup = Dedup::from_vec(header.dedup);
+            state.dedup = Dedup::from_vec(dedup);
             state.save_marker()?;
             state.marker_file.sync_all()?;
         }
-        self.publish(meta.clone(), archive)?;
         fs::remove_dir_all(&trash)?;
         fs::remove_dir_all(&restore)?;
         let _ = self.changes.send(Change::Reset);
+        Ok(())
+    }
+
+    fn install(&self, meta: &SnapshotMeta, archive: PathBuf) -> std::io::Result<()> {
+        self.reset_to(meta, Some(&archive))?;
+        self.publish(meta.clone(), archive)?;
         info!(id = %meta.snapshot_id, "snapshot installed");
         Ok(())
+    }
+
+    /// After a run that did not stop cleanly, the files may not match the applied marker
+    /// (after a power failure, unsynced writes are lost in any order). Start over from the
+    /// newest snapshot — or from nothing — and let openraft re-apply the log after it.
+    fn recover(&self) -> std::io::Result<()> {
+        let current = self.lock().current.clone();
+        match current {
+            Some((meta, path)) => {
+                warn!(snapshot = %meta.snapshot_id, "previous run did not stop cleanly: rebuilding files from the snapshot and the log");
+                self.reset_to(&meta, Some(&path))
+            }
+            None => {
+                warn!("previous run did not stop cleanly: rebuilding files from the log");
+                self.reset_to(&SnapshotMeta::default(), None)
+            }
+        }
+    }
+
+    /// Makes everything applied durable, then records that this run stopped cleanly.
+    fn mark_clean(&self) -> std::io::Result<()> {
+        let _state = self.lock();
+        let dir = File::open(&self.sm_dir)?;
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        File::create(self.sm_dir.join(CLEAN))?.sync_all()?;
+        dir.sync_all()
     }
 }
 

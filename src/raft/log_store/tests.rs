@@ -1,6 +1,6 @@
 use std::io::Write as _;
 
-use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
+use openraft::storage::{RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload};
 
@@ -144,8 +144,26 @@ async fn state_machine_resumes_from_its_marker() {
     let mut sm = open();
     let results = sm.apply((0..3).map(|i| entry(1, i))).await.unwrap();
     assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
+    sm.shutdown_handle().mark_clean().unwrap();
     drop(sm);
-    let (applied, _) = open().applied_state().await.unwrap();
+    // After a clean stop the files and marker are trusted.
+    let mut sm = open();
+    let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 2)));
     assert_eq!(std::fs::read(dir.path().join("files/f1")).unwrap(), b"v1");
+
+    // After a crash (no clean stop) they are rebuilt from the newest snapshot; openraft then
+    // re-applies the log after it.
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 2)));
+    sm.apply((3..5).map(|i| entry(1, i))).await.unwrap();
+    std::fs::write(dir.path().join("files/stray"), b"written but never applied").unwrap();
+    drop(sm);
+    let mut sm = open();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 2)), "back to the snapshot");
+    assert_eq!(std::fs::read(dir.path().join("files/f2")).unwrap(), b"v2");
+    assert!(!dir.path().join("files/f3").exists() && !dir.path().join("files/stray").exists());
+    sm.apply((3..5).map(|i| entry(1, i))).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("files/f4")).unwrap(), b"v4");
 }
