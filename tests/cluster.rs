@@ -129,7 +129,7 @@ fn linearizable_reads_see_every_acknowledged_write() {
 
 #[test]
 fn killed_leader_is_replaced_and_catches_up() {
-    let mut c = Cluster::start(3, &[]);
+    let mut c = Cluster::start(3, &["-v"]);
     let old = c.wait_leader();
     assert_eq!(c.nodes[old].post("/files/before", b"1").0, 200);
     c.nodes[old].kill();
@@ -140,7 +140,12 @@ fn killed_leader_is_replaced_and_catches_up() {
     // openraft: a follower waits out the leader lease (election timeout max, 600 ms) plus a
     // randomized election timeout (300-600 ms) before campaigning; typically ~1 s here. A
     // candidate with the shorter log loses and waits longer, and the tests share 2 cores.
-    assert!(failover < Duration::from_secs(6), "failover took {failover:?}");
+    if failover >= Duration::from_secs(6) {
+        for n in &c.nodes {
+            eprintln!("==== {}\n{}", n.name, n.logs());
+        }
+        panic!("failover took {failover:?}");
+    }
     eprintln!("failover took {failover:?}");
 
     for i in c.followers(old) {

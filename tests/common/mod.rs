@@ -129,10 +129,15 @@ impl Node {
     }
 }
 
+/// One cluster at a time per test binary: six Raft nodes with 100 ms heartbeats on two cores
+/// would measure the machine's contention, not raftd's failover.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A cluster of real processes.
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Cluster {
@@ -160,7 +165,8 @@ impl Cluster {
 
     /// Like `start`, with per-node extra arguments from `args(position, temp dir)`.
     pub fn start_with(n: usize, args: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
-        let mut cluster = Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new() };
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cluster = Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new(), _turn: turn };
         for i in 0..n {
             let join = (i > 0).then(|| cluster.nodes[0].name.clone());
             let extra = args(i, cluster.tmp.path());
