@@ -362,3 +362,19 @@ fn nodes_can_be_removed() {
     let (code, _) = c.nodes[a].post("/cluster/remove", b"{\"name\":\"nobody:1\"}");
     assert_eq!(code, 400);
 }
+
+#[test]
+fn lagging_node_catches_up_on_large_files() {
+    // A node that was down while a large file was written catches up on its chunk entries,
+    // batch by batch, without disturbing the leader.
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    let lagging = c.followers(leader)[0];
+    c.nodes[lagging].kill();
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    assert_eq!(c.nodes[leader].post("/files/big", &big).0, 200);
+    let term = c.nodes[leader].status().unwrap()["term"].as_u64().unwrap();
+    c.nodes[lagging].spawn();
+    c.wait_replicated(lagging, "big", &big);
+    assert_eq!(c.nodes[leader].status().unwrap()["term"].as_u64().unwrap(), term, "no election while catching up");
+}

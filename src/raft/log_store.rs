@@ -35,10 +35,12 @@ use super::{storage_io, Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
-/// Largest batch of entry bytes one read returns to a replication stream. openraft bounds
-/// every AppendEntries by `heartbeat_interval`; keeping each under a few MiB keeps it inside
-/// that budget even when entries carry file chunks. A single larger entry is still returned.
-pub const MAX_READ_BYTES: u64 = 4 << 20;
+/// Largest batch of entry bytes one read returns to a replication stream. openraft gives every
+/// AppendEntries `heartbeat_interval` (100 ms by default) to complete, and heartbeats ride on
+/// the same stream: a batch that cannot be sent, parsed and fsynced in time times out and is
+/// sent again, and a follower that hears nothing calls an election. 1 MiB (four default-size
+/// chunks) leaves a wide margin on a loaded machine. A single larger entry is still returned.
+pub const MAX_READ_BYTES: u64 = 1 << 20;
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE: &str = "log";
