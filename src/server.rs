@@ -96,6 +96,7 @@ pub async fn serve(
             return Err(e);
         }
     };
+    tokio::spawn(crate::raft::elections::break_split_votes(raft.clone(), config.election_timeout));
     info!(name = %identity.name, id = identity.id, "node running");
 
     let served = server.await;

@@ -6,6 +6,7 @@
 //! lives in `crate::store`, because it is the replicated file tree, not Raft machinery.
 
 pub mod command;
+pub mod elections;
 pub mod log_format;
 pub mod log_store;
 pub mod network;
