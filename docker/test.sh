@@ -55,6 +55,7 @@ cargo build --release
 compose up -d --build
 wait_until all_healthy 120
 check "three nodes healthy" all_healthy
+wait_until '[ -n "$(leader node1)" ]' 60
 
 compose exec -T node1 sh -c 'echo BAR > /mnt/raft/foo'
 check "FUSE write on node1, read on node3" [ "$(compose exec -T node3 cat /mnt/raft/foo)" = BAR ]
@@ -87,6 +88,7 @@ compose down
 compose up -d
 wait_until all_healthy 120
 check "nodes healthy after down/up" all_healthy
+wait_until '[ -n "$(leader node2)" ]' 60
 check "data survives down/up (FUSE)" [ "$(compose exec -T node2 cat /mnt/raft/foo)" = BAR ]
 check "data survives down/up (HTTP)" [ "$(curl -s localhost:4003/files/hello)" = world ]
 check "writes work after down/up" [ "$(curl -s -o /dev/null -w '%{http_code}' -XPOST localhost:4001/files/again -d yes)" = 200 ]
