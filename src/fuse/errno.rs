@@ -11,7 +11,7 @@ pub fn errno(err: &Error) -> libc::c_int {
         Error::File(FileError::NotADirectory(_)) => libc::ENOTDIR,
         Error::File(FileError::IsADirectory(_)) => libc::EISDIR,
         Error::File(FileError::NotEmpty(_)) => libc::ENOTEMPTY,
-        Error::File(FileError::Invalid(_)) => libc::EINVAL,
+        Error::File(FileError::Invalid(_) | FileError::InvalidPath(_)) => libc::EINVAL,
         Error::InvalidPath { reason, .. } if reason.contains("longer") => libc::ENAMETOOLONG,
         Error::InvalidPath { .. } | Error::BadRequest(_) => libc::EINVAL,
         Error::TooLarge { .. } => libc::EFBIG,

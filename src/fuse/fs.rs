@@ -17,7 +17,6 @@
 //! whatever an applied change touched are invalidated.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -134,8 +133,12 @@ impl Shared {
 
     /// A new write handle for `path`, holding its committed contents unless `truncate`.
     fn writer(&self, ino: u64, path: &str, truncate: bool) -> Result<Handle> {
-        let committed = self.node.store().tree().path(path);
-        self.handles.new_writer(ino, &committed, truncate).map_err(|e| Error::io(format!("write buffer for {path}"), e))
+        let committed = match self.node.store().open_file(path) {
+            Ok(file) => Some(file),
+            Err(Error::File(FileError::NotFound(_))) => None,
+            Err(e) => return Err(e),
+        };
+        self.handles.new_writer(ino, committed, truncate).map_err(|e| Error::io(format!("write buffer for {path}"), e))
     }
 
     /// Proposes a handle's buffered contents if they changed since the last commit.
@@ -357,11 +360,7 @@ impl Filesystem for RaftFs {
                 if writing {
                     return shared.writer(ino, &path, truncate);
                 }
-                let file = File::open(shared.node.store().tree().path(&path)).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => FileError::NotFound(path.clone()).into(),
-                    _ => Error::io(format!("open {path}"), e),
-                })?;
-                Ok(Handle::Read(file))
+                Ok(Handle::Read(shared.node.store().open_file(&path)?))
             }
             .await;
             match opened {

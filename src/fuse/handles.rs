@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -165,17 +165,14 @@ impl Handles {
         })
     }
 
-    /// A write handle for `ino`, starting from the committed file at `committed` unless
-    /// `truncate` (or the file does not exist yet).
-    pub fn new_writer(&self, ino: u64, committed: &Path, truncate: bool) -> io::Result<Handle> {
+    /// A write handle for `ino`, starting from the `committed` contents unless `truncate`
+    /// (or the file does not exist yet).
+    pub fn new_writer(&self, ino: u64, committed: Option<File>, truncate: bool) -> io::Result<Handle> {
         let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
-        if !truncate {
-            match std::fs::copy(committed, &buffer_path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        let mut buffer = File::options().read(true).write(true).create(true).truncate(true).open(&buffer_path)?;
+        if let (false, Some(mut committed)) = (truncate, committed) {
+            io::copy(&mut committed, &mut buffer)?;
         }
-        let buffer = File::options().read(true).write(true).create(true).truncate(false).open(&buffer_path)?;
         Ok(Handle::Write(Writer { ino, buffer, buffer_path, dirty: truncate, mtime: None }))
     }
 }
@@ -195,7 +192,7 @@ mod tests {
         let committed = dir.path().join("committed");
         std::fs::write(&committed, b"old contents").unwrap();
         let handles = Handles::open(dir.path().join("buffers")).unwrap();
-        let (fh, h) = handles.insert(handles.new_writer(7, &committed, false).unwrap());
+        let (fh, h) = handles.insert(handles.new_writer(7, Some(File::open(&committed).unwrap()), false).unwrap());
         assert!(!locked(&h).is_dirty(), "opening without O_TRUNC changes nothing");
         locked(&h).write_at(b"new", 0).unwrap();
         assert_eq!(handles.buffered_size(7), Some(12));

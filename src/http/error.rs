@@ -9,7 +9,9 @@ use crate::raft::command::FileError;
 /// The status code a client sees for each kind of error.
 pub fn status_of(err: &Error) -> StatusCode {
     match err {
-        Error::InvalidPath { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Error::InvalidPath { .. } | Error::BadRequest(_) | Error::File(FileError::InvalidPath(_)) => {
+            StatusCode::BAD_REQUEST
+        }
         Error::File(FileError::NotFound(_)) => StatusCode::NOT_FOUND,
         Error::File(_) => StatusCode::CONFLICT,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -263,6 +263,9 @@ pub enum FileError {
     /// The operation makes no sense for these paths (e.g. moving a directory into itself).
     #[error("{0}: invalid argument")]
     Invalid(String),
+    /// A name in the command breaks the naming rules; the message says which rule.
+    #[error("{0}")]
+    InvalidPath(String),
 }
 
 /// What applying one entry produced; `Ok` for raft-internal entries.

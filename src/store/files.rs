@@ -22,6 +22,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tracing::warn;
+
+use super::beneath::Beneath;
 use crate::error::{Error, Result};
 use crate::raft::command::{Chunk, Commit, Data, FileError};
 
@@ -76,6 +79,10 @@ pub fn now_nanos() -> u64 {
 }
 
 /// Maps an io error to the deterministic outcome it stands for, or keeps it as a local fault.
+///
+/// `ELOOP` and `EXDEV` come from a symlink or a mount point that someone planted inside the
+/// tree by hand (raftd never creates either): the path is refused rather than followed, and
+/// the node keeps running, since stopping it would not undo the tampering.
 fn outcome(name: &str, e: io::Error) -> io::Result<FileError> {
     let name = name.to_string();
     Ok(match e.raw_os_error() {
@@ -85,6 +92,10 @@ fn outcome(name: &str, e: io::Error) -> io::Result<FileError> {
         Some(libc::EISDIR) => FileError::IsADirectory(name),
         Some(libc::ENOTEMPTY) => FileError::NotEmpty(name),
         Some(libc::EINVAL) => FileError::Invalid(name),
+        Some(libc::ELOOP) | Some(libc::EXDEV) => {
+            warn!(path = %name, "refusing a path that crosses a symlink or mount planted in the tree");
+            FileError::Invalid(name)
+        }
         _ => return Err(e),
     })
 }
@@ -99,6 +110,13 @@ fn settle(name: &str, r: io::Result<()>) -> Applied {
     }
 }
 
+/// Refuses a name that breaks the naming rules, as the deterministic outcome every replica
+/// reaches: names are checked where commands are applied, not only where requests enter,
+/// because a command can also arrive through peer RPC, a snapshot or the log file itself.
+fn checked(name: &str) -> Result<(), FileError> {
+    validate(name).map_err(|e| FileError::InvalidPath(e.to_string()))
+}
+
 /// The replicated tree and its staging areas.
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -108,14 +126,18 @@ pub struct Tree {
     pub tmp: PathBuf,
     /// `sm/uploads/`: staged chunks.
     pub uploads: PathBuf,
+    /// Every operation on `files/` resolves beneath it.
+    files: Beneath,
 }
 
 impl Tree {
     /// Opens the layout under `data_dir`, creating missing directories and clearing temp files
     /// left by a crash.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let root = data_dir.join("files");
         let tree = Tree {
-            root: data_dir.join("files"),
+            files: Beneath::new(root.clone()),
+            root,
             tmp: data_dir.join("sm").join("tmp"),
             uploads: data_dir.join("sm").join("uploads"),
         };
@@ -123,12 +145,13 @@ impl Tree {
         for dir in [&tree.root, &tree.tmp, &tree.uploads] {
             fs::create_dir_all(dir)?;
         }
+        tree.files.check_supported()?;
         Ok(tree)
     }
 
-    /// Where a (validated) name lives on disk.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// The tree, for reads that must stay inside it.
+    pub fn files(&self) -> &Beneath {
+        &self.files
     }
 
     fn temp(&self, tag: u64) -> PathBuf {
@@ -137,15 +160,12 @@ impl Tree {
 
     /// Creates the parents of `name`; a file in the way is `NotADirectory`.
     fn make_parents(&self, name: &str) -> Applied {
-        let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) else {
-            return Ok(Ok(()));
-        };
-        match fs::create_dir_all(self.root.join(parent)) {
+        match self.files.make_parents(name) {
             Ok(()) => Ok(Ok(())),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTDIR)) => {
                 Ok(Err(FileError::NotADirectory(name.to_string())))
             }
-            Err(e) => Err(e),
+            Err(e) => outcome(name, e).map(Err),
         }
     }
 
@@ -156,7 +176,7 @@ impl Tree {
             let _ = fs::remove_file(temp);
             return Ok(Err(e));
         }
-        let result = settle(name, fs::rename(temp, self.path(name)));
+        let result = settle(name, self.files.install(temp, name));
         if !matches!(result, Ok(Ok(()))) {
             let _ = fs::remove_file(temp);
         }
@@ -165,6 +185,9 @@ impl Tree {
 
     /// `file:write`: replace the whole file.
     pub fn write(&self, name: &str, data: &Data, mtime: u64, tag: u64) -> Applied {
+        if let Err(e) = checked(name) {
+            return Ok(Err(e));
+        }
         let temp = self.temp(tag);
         fs::write(&temp, &data.0)?;
         self.install(&temp, name, mtime)
@@ -172,48 +195,56 @@ impl Tree {
 
     /// `file:delete`: unlink a file.
     pub fn delete(&self, name: &str) -> Applied {
-        settle(name, fs::remove_file(self.path(name)))
+        if let Err(e) = checked(name) {
+            return Ok(Err(e));
+        }
+        settle(name, self.files.unlink(name))
     }
 
     /// `file:mkdir`: create one directory (parents must exist).
     pub fn mkdir(&self, name: &str, mtime: u64) -> Applied {
-        let path = self.path(name);
-        let r = settle(name, fs::create_dir(&path))?;
+        if let Err(e) = checked(name) {
+            return Ok(Err(e));
+        }
+        let r = settle(name, self.files.mkdir(name))?;
         if r.is_ok() {
-            File::open(&path)?.set_modified(time_from_nanos(mtime))?;
+            self.files.set_mtime(name, mtime)?;
         }
         Ok(r)
     }
 
     /// `file:rmdir`: remove an empty directory.
     pub fn rmdir(&self, name: &str) -> Applied {
-        settle(name, fs::remove_dir(self.path(name)))
+        if let Err(e) = checked(name) {
+            return Ok(Err(e));
+        }
+        settle(name, self.files.rmdir(name))
     }
 
     /// `file:rename`, with rename(2)'s rules for replacing targets.
     pub fn rename(&self, from: &str, to: &str) -> Applied {
+        if let Err(e) = checked(from).and_then(|()| checked(to)) {
+            return Ok(Err(e));
+        }
         if to.starts_with(from) && to.as_bytes().get(from.len()) == Some(&b'/') {
             return Ok(Err(FileError::Invalid(to.to_string())));
         }
-        if self.path(from).symlink_metadata().is_err() {
-            return Ok(Err(FileError::NotFound(from.to_string())));
+        if let Err(e) = self.files.stat(from) {
+            return outcome(from, e).map(Err);
         }
         if let Err(e) = self.make_parents(to)? {
             return Ok(Err(e));
         }
-        settle(to, fs::rename(self.path(from), self.path(to)))
+        settle(to, self.files.rename(from, to))
     }
 
     /// `file:touch`: set the modification time. The only change made to an existing inode; a
     /// snapshot taken meanwhile may carry the newer time, which replay sets again anyway.
     pub fn touch(&self, name: &str, mtime: u64) -> Applied {
-        match File::open(self.path(name)) {
-            Ok(f) => {
-                f.set_modified(time_from_nanos(mtime))?;
-                Ok(Ok(()))
-            }
-            Err(e) => outcome(name, e).map(Err),
+        if let Err(e) = checked(name) {
+            return Ok(Err(e));
         }
+        settle(name, self.files.set_mtime(name, mtime))
     }
 
     fn upload_dir(&self, upload: u64) -> PathBuf {
@@ -237,6 +268,9 @@ impl Tree {
                 _ => Ok(Ok(())),
             };
         };
+        if let Err(e) = checked(name) {
+            return Ok(Err(e));
+        }
         let mut pieces = match fs::read_dir(&dir) {
             Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -289,7 +323,41 @@ mod tests {
         assert_eq!(tree.rmdir("a").unwrap(), Err(FileError::NotEmpty("a".into())));
         assert_eq!(tree.rename("a", "a/x").unwrap(), Err(FileError::Invalid("a/x".into())));
         assert_eq!(tree.rename("a/b", "c/d").unwrap(), Ok(()));
-        assert_eq!(fs::read(tree.path("c/d")).unwrap(), b"x");
+        assert_eq!(fs::read(tree.root.join("c/d")).unwrap(), b"x");
         assert!(fs::read_dir(&tree.tmp).unwrap().next().is_none(), "no temp files left");
+    }
+
+    #[test]
+    fn bad_names_are_refused_where_they_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let data = Data(b"x".to_vec());
+        let refused = |r: Applied| matches!(r.unwrap(), Err(FileError::InvalidPath(_)));
+        for bad in ["../escaped", "/abs", "a/../../x", "", "a//b", "../log"] {
+            assert!(refused(tree.write(bad, &data, 1, 1)), "write {bad:?}");
+            assert!(refused(tree.delete(bad)), "delete {bad:?}");
+            assert!(refused(tree.mkdir(bad, 1)), "mkdir {bad:?}");
+            assert!(refused(tree.rmdir(bad)), "rmdir {bad:?}");
+            assert!(refused(tree.touch(bad, 1)), "touch {bad:?}");
+            assert!(refused(tree.rename("ok", bad)), "rename to {bad:?}");
+            assert!(refused(tree.rename(bad, "ok")), "rename from {bad:?}");
+            let commit = Commit { upload: 1, filename: Some(bad.into()), mtime: 0, req: None };
+            assert!(refused(tree.commit(&commit, 2)), "commit {bad:?}");
+        }
+        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(entries.len(), 2, "only files/ and sm/ exist: {entries:?}");
+    }
+
+    #[test]
+    fn a_planted_symlink_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.root.join("link")).unwrap();
+        let data = Data(b"x".to_vec());
+        assert_eq!(tree.write("link/f", &data, 1, 1).unwrap(), Err(FileError::Invalid("link/f".into())));
+        assert_eq!(tree.mkdir("link/d", 1).unwrap(), Err(FileError::Invalid("link/d".into())));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

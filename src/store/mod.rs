@@ -4,6 +4,7 @@
 //! the front ends use. Reads go straight to the files: every change is an atomic rename, so a
 //! reader sees a whole version of a file, never a partly written one.
 
+pub mod beneath;
 pub mod files;
 pub mod snapshot;
 pub mod state_machine;
@@ -82,39 +83,43 @@ impl FileStore {
         self.changes.subscribe()
     }
 
-    /// A file's contents (`name` must be validated).
+    /// A file's contents (`name` must be validated). Resolved beneath `files/`: a symlink
+    /// planted there is refused, never followed.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let path = self.tree.path(name);
-        match fs::read(&path) {
+        let mut file = self.open_file(name)?;
+        let mut bytes = Vec::new();
+        match io::Read::read_to_end(&mut file, &mut bytes) {
+            Ok(_) => Ok(bytes),
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(FileError::IsADirectory(name.to_string()).into()),
-            r => r.map_err(not_found(name)),
+            Err(e) => Err(not_found(name)(e)),
         }
+    }
+
+    /// Opens a file for reading (`name` must be validated).
+    pub fn open_file(&self, name: &str) -> Result<fs::File> {
+        self.tree.files().open_file(name).map_err(not_found(name))
     }
 
     /// A name's metadata; the empty name is the root.
     pub fn stat(&self, name: &str) -> Result<Stat> {
-        let path = if name.is_empty() { self.tree.root.clone() } else { self.tree.path(name) };
-        let meta = fs::symlink_metadata(path).map_err(not_found(name))?;
+        let meta = self.tree.files().stat(name).map_err(not_found(name))?;
         Ok(Stat {
-            is_dir: meta.is_dir(),
-            size: if meta.is_dir() { 0 } else { meta.len() },
-            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            is_dir: meta.is_dir,
+            size: if meta.is_dir { 0 } else { meta.size },
+            mtime: files::time_from_nanos(meta.mtime),
         })
     }
 
     /// A directory's entries as (name, stat), sorted by name; the empty name is the root.
     pub fn list(&self, name: &str) -> Result<Vec<(String, Stat)>> {
-        let path = if name.is_empty() { self.tree.root.clone() } else { self.tree.path(name) };
-        let entries = match fs::read_dir(&path) {
+        let names = match self.tree.files().list(name) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
                 return Err(FileError::NotADirectory(name.to_string()).into())
             }
             r => r.map_err(not_found(name))?,
         };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(not_found(name))?;
-            let Ok(child) = entry.file_name().into_string() else { continue };
+        for child in names {
             let full = if name.is_empty() { child.clone() } else { format!("{name}/{child}") };
             match self.stat(&full) {
                 Ok(stat) => out.push((child, stat)),

@@ -19,6 +19,7 @@
 //! Extraction validates every path with the same rules as client names, so a damaged or
 //! hostile snapshot cannot write outside the directory it is unpacked into.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -54,15 +55,20 @@ fn mtime_nanos(meta: &fs::Metadata) -> u64 {
 }
 
 /// Mirrors `src` into `dst` with hard links (directories are created, files linked).
+/// Anything else (a symlink, a device, a socket planted by hand) is left out: raftd never
+/// creates one, and following it could copy data from outside the tree into a snapshot.
 pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
     fs::create_dir_all(dst)?;
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let target = dst.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             link_tree(&entry.path(), &target)?;
-        } else {
+        } else if kind.is_file() {
             fs::hard_link(entry.path(), &target)?;
+        } else {
+            tracing::warn!(path = %entry.path().display(), "leaving a non-regular file out of the snapshot");
         }
     }
     Ok(())
@@ -89,7 +95,10 @@ fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
     for entry in entries {
         let name = entry.file_name().into_string().map_err(|_| io::Error::other("non-UTF-8 name in tree"))?;
         let path = format!("{prefix}/{name}");
-        let meta = entry.metadata()?;
+        let meta = fs::symlink_metadata(entry.path())?;
+        if !meta.is_dir() && !meta.is_file() {
+            continue;
+        }
         if meta.is_dir() {
             serde_json::to_writer(&mut *w, &Record::Dir { path: path.clone(), mtime: mtime_nanos(&meta) })?;
             writeln!(w)?;
@@ -128,26 +137,29 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
     read_header_from(&mut BufReader::new(File::open(path)?))
 }
 
-/// Unpacks an archive into `dest/files` and `dest/uploads`, returning its header.
+/// Unpacks an archive into `dest/files` and `dest/uploads`, returning its header. Every
+/// record passes the same [`Layout`] checks as [`Validator`], so an archive the validator
+/// accepted always unpacks.
 pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
     let mut r = BufReader::with_capacity(1 << 20, archive);
     let header = read_header_from(&mut r)?;
+    let mut layout = Layout::default();
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     for top in ["files", "uploads"] {
         fs::create_dir_all(dest.join(top))?;
     }
     loop {
         let record: Record = serde_json::from_str(&read_line(&mut r)?)?;
+        layout.check(&record)?;
         match record {
             Record::End => break,
             Record::Dir { path, mtime } => {
-                let target = safe_join(dest, &path)?;
+                let target = dest.join(&path);
                 fs::create_dir_all(&target)?;
                 dir_times.push((target, mtime));
             }
             Record::File { path, mtime, size } => {
-                let target = safe_join(dest, &path)?;
-                let mut out = File::create(&target)?;
+                let mut out = File::create(dest.join(&path))?;
                 if io::copy(&mut (&mut r).take(size), &mut out)? != size {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot archive is truncated"));
                 }
@@ -162,11 +174,140 @@ pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
     Ok(header)
 }
 
-fn safe_join(dest: &Path, path: &str) -> io::Result<PathBuf> {
-    let rest = path.strip_prefix("files/").or_else(|| path.strip_prefix("uploads/"));
-    match rest.map(files::validate) {
-        Some(Ok(())) => Ok(dest.join(path)),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad path {path:?} in snapshot"))),
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The shape rules every record must follow, so that unpacking cannot fail on them: paths
+/// are clean names under `files/` or `uploads/`, every parent was declared as a directory
+/// before its children, and nothing is declared once as a file and once as a directory.
+#[derive(Default)]
+struct Layout {
+    /// Declared paths: true for directories.
+    kinds: HashMap<String, bool>,
+}
+
+impl Layout {
+    fn check(&mut self, record: &Record) -> io::Result<()> {
+        let (path, is_dir) = match record {
+            Record::End => return Ok(()),
+            Record::Dir { path, .. } => (path, true),
+            Record::File { path, .. } => (path, false),
+        };
+        let rest = path.strip_prefix("files/").or_else(|| path.strip_prefix("uploads/"));
+        if !rest.is_some_and(|r| files::validate(r).is_ok()) {
+            return Err(invalid(format!("bad path {path:?} in snapshot")));
+        }
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        if !matches!(parent, "files" | "uploads") && self.kinds.get(parent) != Some(&true) {
+            return Err(invalid(format!("{path:?} in snapshot comes before its directory")));
+        }
+        match self.kinds.insert(path.clone(), is_dir) {
+            Some(was_dir) if was_dir != is_dir => Err(invalid(format!("{path:?} is both a file and a directory"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Longest header or record line accepted, in bytes (the header carries the de-duplication
+/// table, a few hundred KiB at most).
+const MAX_LINE: usize = 16 << 20;
+
+/// Where a [`Validator`] is in the archive.
+enum Expect {
+    Magic,
+    Header,
+    Record,
+    Content(u64),
+    Nothing,
+}
+
+/// Checks an archive as it arrives, one piece at a time, without storing it.
+///
+/// A snapshot from a peer reaches the state machine only when its last piece arrives, and
+/// openraft treats any failure to install it as fatal. So the peer route feeds every piece
+/// through a validator first and refuses the piece (4xx) at the first byte that would make
+/// unpacking fail: a truncated, garbled or hostile archive never reaches storage.
+pub struct Validator {
+    expect: Expect,
+    line: Vec<u8>,
+    layout: Layout,
+    seen: u64,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Validator { expect: Expect::Magic, line: Vec::new(), layout: Layout::default(), seen: 0 }
+    }
+}
+
+impl Validator {
+    /// Bytes accepted so far: where the next piece must start.
+    pub fn position(&self) -> u64 {
+        self.seen
+    }
+
+    /// Accepts the next piece, or says what is wrong with it.
+    pub fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.seen += data.len() as u64;
+        while !data.is_empty() {
+            match &mut self.expect {
+                Expect::Nothing => return Err(invalid("data after the end of the snapshot".into())),
+                Expect::Content(left) => {
+                    let n = (*left).min(data.len() as u64);
+                    *left -= n;
+                    data = &data[n as usize..];
+                    if *left == 0 {
+                        self.expect = Expect::Record;
+                    }
+                }
+                _ => match data.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        self.line.extend_from_slice(&data[..end]);
+                        data = &data[end + 1..];
+                        let line = std::mem::take(&mut self.line);
+                        self.accept_line(&line)?;
+                    }
+                    None => {
+                        self.line.extend_from_slice(data);
+                        if self.line.len() > MAX_LINE {
+                            return Err(invalid("snapshot line too long".into()));
+                        }
+                        data = &[];
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_line(&mut self, line: &[u8]) -> io::Result<()> {
+        self.expect = match self.expect {
+            Expect::Magic if line == MAGIC.as_bytes() => Expect::Header,
+            Expect::Magic => return Err(invalid("not a raftd snapshot".into())),
+            Expect::Header => {
+                serde_json::from_slice::<Header>(line)?;
+                Expect::Record
+            }
+            _ => {
+                let record: Record = serde_json::from_slice(line)?;
+                self.layout.check(&record)?;
+                match record {
+                    Record::End => Expect::Nothing,
+                    Record::File { size, .. } if size > 0 => Expect::Content(size),
+                    _ => Expect::Record,
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// Succeeds only if everything fed so far is one complete archive.
+    pub fn finish(&self) -> io::Result<()> {
+        match self.expect {
+            Expect::Nothing => Ok(()),
+            _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot archive is truncated")),
+        }
     }
 }
 
@@ -204,5 +345,61 @@ mod tests {
         let err = extract(archive.as_bytes(), dest.path()).unwrap_err();
         assert!(err.to_string().contains("bad path"), "{err}");
         assert!(!dest.path().parent().unwrap().join("evil").exists());
+        let mut v = Validator::default();
+        assert!(v.feed(archive.as_bytes()).is_err(), "the validator refuses it too");
+    }
+
+    fn sample_archive() -> Vec<u8> {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("files/d")).unwrap();
+        fs::create_dir_all(src.path().join("uploads")).unwrap();
+        fs::write(src.path().join("files/d/f"), b"contents\nwith newline").unwrap();
+        fs::write(src.path().join("files/empty"), b"").unwrap();
+        let header = Header { meta: Default::default(), dedup: vec![(1, Ok(()))] };
+        write_archive(src.path(), &header, &src.path().join("a")).unwrap();
+        fs::read(src.path().join("a")).unwrap()
+    }
+
+    #[test]
+    fn validator_accepts_a_real_archive_in_any_pieces() {
+        let archive = sample_archive();
+        for piece in [1, 3, 7, 64, archive.len()] {
+            let mut v = Validator::default();
+            for chunk in archive.chunks(piece) {
+                v.feed(chunk).unwrap();
+            }
+            v.finish().unwrap();
+            assert_eq!(v.position(), archive.len() as u64);
+        }
+    }
+
+    #[test]
+    fn validator_refuses_what_extract_would_fail_on() {
+        let archive = sample_archive();
+        // Truncated anywhere: never finished.
+        for cut in [0, 5, 20, archive.len() - 1] {
+            let mut v = Validator::default();
+            let fed = v.feed(&archive[..cut]);
+            assert!(fed.is_err() || v.finish().is_err(), "cut at {cut}");
+        }
+        // Trailing garbage.
+        let mut v = Validator::default();
+        let mut long = archive.clone();
+        long.extend_from_slice(b"junk");
+        assert!(v.feed(&long).is_err());
+        // A file whose directory was never declared, and a path that is both kinds.
+        let header = serde_json::to_string(&Header { meta: Default::default(), dedup: vec![] }).unwrap();
+        for records in [
+            "{\"kind\":\"file\",\"path\":\"files/nodir/f\",\"mtime\":0,\"size\":0}\n",
+            "{\"kind\":\"file\",\"path\":\"files/x\",\"mtime\":0,\"size\":0}\n{\"kind\":\"dir\",\"path\":\"files/x\",\"mtime\":0}\n",
+            "{\"kind\":\"dir\",\"path\":\"files/x\",\"mtime\":0}\n{\"kind\":\"file\",\"path\":\"files/x\",\"mtime\":0,\"size\":0}\n",
+            "{\"kind\":\"dir\",\"path\":\"elsewhere/x\",\"mtime\":0}\n",
+        ] {
+            let text = format!("{MAGIC}\n{header}\n{records}{{\"kind\":\"end\"}}\n");
+            let mut v = Validator::default();
+            assert!(v.feed(text.as_bytes()).and_then(|()| v.finish()).is_err(), "{records}");
+            let dest = tempfile::tempdir().unwrap();
+            assert!(extract(text.as_bytes(), dest.path()).is_err(), "{records}");
+        }
     }
 }

@@ -1,0 +1,256 @@
+//! File operations that cannot leave a directory, whatever the name or the tree holds.
+//!
+//! Names are validated before they get here (no `..`, no absolute paths), but validation only
+//! looks at the string. A symlink planted inside `files/` by hand, or a race with someone who
+//! can write there, could still redirect a write through an ordinary path join. So every
+//! operation here resolves its path with `openat2(2)` and `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV` from a descriptor of the
+//! root, then acts on the last component relative to its parent's descriptor with the `*at`
+//! calls, which never follow a final symlink. A name that would cross a symlink or a mount
+//! fails with `ELOOP` or `EXDEV` instead of touching anything outside the root.
+//!
+//! The root is opened afresh for each operation (one `open` with `O_NOFOLLOW`): installing a
+//! snapshot swaps the whole `files/` directory, and a held descriptor would keep pointing at
+//! the old one.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+/// How every path below the root is resolved.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// Mode of directories raftd creates (modes are not replicated).
+const DIR_MODE: u32 = 0o755;
+
+/// What [`Beneath::stat`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Directory (true) or anything else.
+    pub is_dir: bool,
+    /// Regular file.
+    pub is_file: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch (0 before it).
+    pub mtime: u64,
+}
+
+/// A directory that operations stay beneath.
+#[derive(Debug, Clone)]
+pub struct Beneath {
+    root: PathBuf,
+}
+
+impl Beneath {
+    /// Operations beneath `root`, which must be a directory (not a symlink to one).
+    pub fn new(root: PathBuf) -> Self {
+        Beneath { root }
+    }
+
+    /// The root directory's path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks that this kernel resolves paths beneath a directory (`openat2`, Linux 5.6+).
+    pub fn check_supported(&self) -> io::Result<()> {
+        match rfs::openat2(self.root_fd()?, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), RESOLVE) {
+            Ok(_) => Ok(()),
+            Err(e) if e == rustix::io::Errno::NOSYS => {
+                Err(io::Error::other("this kernel lacks openat2(2) (Linux 5.6 or newer is needed)"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn root_fd(&self) -> io::Result<OwnedFd> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(rfs::open(&self.root, flags, Mode::empty())?)
+    }
+
+    /// Opens `name` below the root; the empty name is the root itself.
+    fn open_at(&self, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let name = if name.is_empty() { "." } else { name };
+        Ok(rfs::openat2(self.root_fd()?, name, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)?)
+    }
+
+    /// The directory holding `name` (resolved beneath the root) and `name`'s last component.
+    fn parent<'a>(&self, name: &'a str) -> io::Result<(OwnedFd, &'a str)> {
+        match name.rsplit_once('/') {
+            Some((dir, base)) => Ok((self.open_at(dir, OFlags::PATH | OFlags::DIRECTORY)?, base)),
+            None => Ok((self.root_fd()?, name)),
+        }
+    }
+
+    /// Opens a file for reading.
+    pub fn open_file(&self, name: &str) -> io::Result<File> {
+        Ok(File::from(self.open_at(name, OFlags::RDONLY)?))
+    }
+
+    /// Metadata of `name` (not following a final symlink); the empty name is the root.
+    pub fn stat(&self, name: &str) -> io::Result<Meta> {
+        let st = if name.is_empty() {
+            rfs::fstat(self.root_fd()?)?
+        } else {
+            let (dir, base) = self.parent(name)?;
+            rfs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?
+        };
+        let kind = rfs::FileType::from_raw_mode(st.st_mode);
+        let mtime = u64::try_from(st.st_mtime).unwrap_or(0) * 1_000_000_000 + st.st_mtime_nsec as u64;
+        Ok(Meta {
+            is_dir: kind == rfs::FileType::Directory,
+            is_file: kind == rfs::FileType::RegularFile,
+            size: st.st_size as u64,
+            mtime,
+        })
+    }
+
+    /// The names in directory `name` (the empty name is the root), without `.` and `..`,
+    /// skipping names that are not UTF-8 (raftd never creates them).
+    pub fn list(&self, name: &str) -> io::Result<Vec<String>> {
+        let dir = self.open_at(name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut names = Vec::new();
+        for entry in rfs::Dir::new(dir)? {
+            let entry = entry?;
+            let raw: &CStr = entry.file_name();
+            if matches!(raw.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            if let Ok(text) = raw.to_str() {
+                names.push(text.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Creates every missing directory above `name`. A file in the way fails with
+    /// `ENOTDIR`/`EEXIST`; a symlink in the way with `ELOOP`.
+    pub fn make_parents(&self, name: &str) -> io::Result<()> {
+        let Some((parents, _)) = name.rsplit_once('/') else { return Ok(()) };
+        let mut dir = self.root_fd()?;
+        for component in parents.split('/') {
+            match rfs::mkdirat(&dir, component, Mode::from_raw_mode(DIR_MODE)) {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::EXIST => {}
+                Err(e) => return Err(e.into()),
+            }
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            dir = rfs::openat2(&dir, component, flags, Mode::empty(), RESOLVE)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the file at `source` (a path outside the tree, e.g. a finished temp file on the
+    /// same filesystem) into place as `name`, replacing what is there as rename(2) does.
+    pub fn install(&self, source: &Path, name: &str) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        Ok(rfs::renameat(rfs::CWD, source, dir, base)?)
+    }
+
+    /// Renames `from` to `to`, both beneath the root.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from_dir, from_base) = self.parent(from)?;
+        let (to_dir, to_base) = self.parent(to)?;
+        Ok(rfs::renameat(from_dir, from_base, to_dir, to_base)?)
+    }
+
+    /// Unlinks a file (not a directory).
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        Ok(rfs::unlinkat(dir, base, AtFlags::empty())?)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, name: &str) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        Ok(rfs::unlinkat(dir, base, AtFlags::REMOVEDIR)?)
+    }
+
+    /// Creates one directory (its parent must exist).
+    pub fn mkdir(&self, name: &str) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        Ok(rfs::mkdirat(dir, base, Mode::from_raw_mode(DIR_MODE))?)
+    }
+
+    /// Sets the modification time of `name`, leaving its access time alone.
+    pub fn set_mtime(&self, name: &str, nanos: u64) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        let times = Timestamps {
+            last_access: Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_OMIT },
+            last_modification: Timespec {
+                tv_sec: (nanos / 1_000_000_000) as i64,
+                tv_nsec: (nanos % 1_000_000_000) as _,
+            },
+        };
+        Ok(rfs::utimensat(dir, base, &times, AtFlags::SYMLINK_NOFOLLOW)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Beneath) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("files");
+        std::fs::create_dir(&root).unwrap();
+        (dir, Beneath::new(root))
+    }
+
+    #[test]
+    fn planted_symlinks_redirect_nothing() {
+        let (dir, tree) = setup();
+        tree.check_supported().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.root().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), tree.root().join("file-link")).unwrap();
+
+        let loops = |r: io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::ELOOP);
+        assert!(loops(tree.make_parents("link/x/y")), "a directory symlink is not followed");
+        assert!(loops(tree.mkdir("link/new")));
+        assert!(loops(tree.unlink("link/secret")));
+        assert!(loops(tree.set_mtime("link/secret", 1)));
+        assert!(tree.open_file("file-link").is_err(), "a final symlink is not followed");
+        assert!(tree.open_file("link/secret").is_err());
+        assert!(tree.list("link").is_err());
+        let temp = dir.path().join("temp");
+        std::fs::write(&temp, b"evil").unwrap();
+        assert!(loops(tree.install(&temp, "link/secret")));
+        // Renaming or unlinking the symlink itself acts on the link, never its target.
+        tree.rename("file-link", "moved").unwrap();
+        tree.unlink("moved").unwrap();
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"s");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn ordinary_operations_work() {
+        let (dir, tree) = setup();
+        tree.make_parents("a/b/c").unwrap();
+        let temp = dir.path().join("t");
+        std::fs::write(&temp, b"hi").unwrap();
+        tree.install(&temp, "a/b/c").unwrap();
+        tree.set_mtime("a/b/c", 1_500_000_000_123_456_789).unwrap();
+        let meta = tree.stat("a/b/c").unwrap();
+        assert!(meta.is_file && !meta.is_dir);
+        assert_eq!((meta.size, meta.mtime), (2, 1_500_000_000_123_456_789));
+        assert_eq!(tree.list("a/b").unwrap(), vec!["c".to_string()]);
+        assert!(tree.stat("").unwrap().is_dir);
+        tree.rename("a/b/c", "d").unwrap();
+        assert_eq!(std::io::read_to_string(tree.open_file("d").unwrap()).unwrap(), "hi");
+        assert_eq!(tree.rmdir("a").unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+        tree.mkdir("e").unwrap();
+        tree.rmdir("e").unwrap();
+        tree.unlink("d").unwrap();
+    }
+}
