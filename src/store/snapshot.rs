@@ -195,7 +195,7 @@ impl Layout {
             Record::File { path, .. } => (path, false),
         };
         let rest = path.strip_prefix("files/").or_else(|| path.strip_prefix("uploads/"));
-        if !rest.is_some_and(|r| files::validate(r).is_ok()) {
+        if rest.is_none_or(|r| files::validate(r).is_err()) {
             return Err(invalid(format!("bad path {path:?} in snapshot")));
         }
         let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
