@@ -44,7 +44,7 @@ fn main() {
 }
 
 async fn run(leader: &str, clients: usize, duration: Duration) -> (usize, Vec<Duration>) {
-    let client = HttpClient::new();
+    let client = HttpClient::plain();
     let leader = Arc::new(leader.to_string());
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..clients)

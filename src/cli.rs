@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Tls};
+use crate::error::{Error, Result};
 
 /// raftd: a Raft-replicated filesystem. Each node keeps its identity, its Raft log and the
 /// replicated files in DATA_DIR; on restart it rejoins its cluster on its own.
@@ -68,6 +69,34 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_STALE_READS")]
     pub stale_reads: bool,
 
+    /// Let other users use the FUSE mount (mount option allow_other). Without it only the
+    /// user who started raftd can see the mount.
+    #[arg(long, env = "RAFTD_ALLOW_OTHER")]
+    pub allow_other: bool,
+
+    /// Shared secret of the cluster: every request to /raft/* and /cluster/* must carry
+    /// `Authorization: Bearer <token>`, and this node sends it to its peers. Prefer
+    /// --cluster-token-file or the environment: flags are visible in `ps`.
+    #[arg(long, env = "RAFTD_CLUSTER_TOKEN", hide_env_values = true, conflicts_with = "cluster_token_file")]
+    pub cluster_token: Option<String>,
+
+    /// Read the cluster token from this file (surrounding whitespace is ignored).
+    #[arg(long, env = "RAFTD_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+
+    /// Serve HTTPS with this PEM certificate chain (clients and peers alike); needs --tls-key.
+    #[arg(long, env = "RAFTD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "RAFTD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA that peers' certificates must chain to: peer and membership routes then require a
+    /// client certificate from it (mutual TLS), and peers are verified against it.
+    #[arg(long, env = "RAFTD_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Take a snapshot (and compact the log) every this many entries.
     #[arg(long, env = "RAFTD_SNAPSHOT_EVERY", default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
@@ -75,7 +104,7 @@ pub struct Cli {
 
 impl Cli {
     /// Builds the config once host and port are known (from flags, the data dir or a prompt).
-    pub fn into_config(self, host: String, port: u16, join: Option<String>) -> Config {
+    pub fn into_config(self, host: String, port: u16, join: Option<String>) -> Result<Config> {
         let mut c = Config::new(self.data_dir, host, port);
         c.listen = self.listen;
         c.join = join;
@@ -87,6 +116,21 @@ impl Cli {
         c.snapshot_every = self.snapshot_every;
         c.mount = self.mount;
         c.stale_reads = self.stale_reads;
-        c
+        c.allow_other = self.allow_other;
+        c.cluster_token = match (self.cluster_token, self.cluster_token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| Error::io(format!("read cluster token file {}", path.display()), e))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        c.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls { cert, key, ca: self.tls_ca }),
+            _ => None,
+        };
+        Ok(c)
     }
 }

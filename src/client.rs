@@ -1,16 +1,24 @@
 //! A small pooled HTTP/1 client for peer RPC, leader forwarding and joining.
 //!
 //! One client (one connection pool) per node, cloned cheaply into every user: openraft calls
-//! `new_client` inside its core loop, so handing out a connection must never dial.
+//! `new_client` inside its core loop, so handing out a connection must never dial. Every
+//! request carries the cluster token, if there is one, and uses the cluster's scheme (HTTPS
+//! with `--tls-cert`); a response body larger than the limit is cut off as an error, so a
+//! misbehaving peer cannot make this node buffer without bound.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::config::Config;
+use crate::error::Result;
 
 /// How long an idle pooled connection to a peer is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);
@@ -52,23 +60,53 @@ impl Response {
 /// Pooled client; clone freely.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for HttpClient {
-    fn default() -> Self {
-        Self::new()
-    }
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    scheme: &'static str,
+    auth: Option<HeaderValue>,
+    max_response: usize,
 }
 
 impl HttpClient {
+    /// A client for talking to the members of this node's cluster: its scheme, TLS trust and
+    /// token; responses up to the peer body limit.
+    pub fn for_cluster(config: &Config) -> Result<Self> {
+        let tls = match &config.tls {
+            Some(tls) => crate::tls::client_config(tls)?,
+            None => crate::tls::unused_client_config(),
+        };
+        let auth = match &config.cluster_token {
+            Some(token) => Some(
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| crate::Error::Config("the cluster token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Self::new(tls, config.scheme(), auth, config.peer_body_limit()))
+    }
+
+    /// A plain-HTTP client without a token (benchmarks, tools), reading answers up to 64 MiB.
+    pub fn plain() -> Self {
+        Self::new(crate::tls::unused_client_config(), "http", None, 64 << 20)
+    }
+
     /// A client with keep-alive pooling and `TCP_NODELAY` (RPCs are small and latency-bound).
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    pub fn new(
+        tls: rustls::ClientConfig,
+        scheme: &'static str,
+        auth: Option<HeaderValue>,
+        max_response: usize,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
-        HttpClient { inner }
+        HttpClient { inner, scheme, auth, max_response }
     }
 
     /// Sends one request to `addr` (`host:port`) and reads the whole response.
@@ -80,11 +118,12 @@ impl HttpClient {
         body: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Response, SendError> {
-        let uri = format!("http://{addr}{path}");
-        let request = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+        let uri = format!("{}://{addr}{path}", self.scheme);
+        let mut request = Request::builder().method(method).uri(&uri).header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = &self.auth {
+            request = request.header(hyper::header::AUTHORIZATION, auth.clone());
+        }
+        let request = request
             .body(Full::new(body.into()))
             .map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
         let exchange = async {
@@ -96,11 +135,10 @@ impl HttpClient {
                 }
             })?;
             let status = response.status();
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), self.max_response)
                 .collect()
                 .await
-                .map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?
+                .map_err(|e| SendError::Other(addr.to_string(), format!("reading the answer: {e}")))?
                 .to_bytes();
             Ok(Response { status, body })
         };

@@ -20,6 +20,25 @@ pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
 pub const DEFAULT_CHUNK_SIZE: usize = 256 << 10;
 /// Entries applied between snapshots; the log is compacted after each snapshot.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+/// Largest piece of a snapshot sent in one peer message, in bytes.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest batch of log lines one AppendEntries carries (a single larger entry still goes
+/// alone); see `raft::log_store`.
+pub const MAX_REPLICATION_BATCH: u64 = 1 << 20;
+
+/// TLS for the one port: clients and peers alike.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain this node presents (to clients, and to peers when `ca` is set).
+    pub cert: PathBuf,
+    /// PEM private key for `cert`.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that peers' certificates must chain to. With it, peer and
+    /// membership routes require a client certificate from this CA (mutual TLS), and this
+    /// node verifies the peers it calls against it; without it, peers are verified against
+    /// the system's trust store and no client certificate is asked for.
+    pub ca: Option<PathBuf>,
+}
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -50,6 +69,12 @@ pub struct Config {
     pub mount: Option<PathBuf>,
     /// Skip the read barrier when FUSE opens a file (faster; may see a lagging replica).
     pub stale_reads: bool,
+    /// Let users other than the mounting one use the FUSE mount.
+    pub allow_other: bool,
+    /// Shared secret every request to peer and membership routes must carry.
+    pub cluster_token: Option<String>,
+    /// Serve HTTPS (and call peers over HTTPS) when set.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -69,7 +94,27 @@ impl Config {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             mount: None,
             stale_reads: false,
+            allow_other: false,
+            cluster_token: None,
+            tls: None,
         }
+    }
+
+    /// `https` when TLS is on, else `http`: how every node of the cluster is reached.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The largest body a peer route accepts: a replication batch (or one entry holding a
+    /// whole chunk, which JSON may escape up to 6 bytes per byte) or a snapshot piece (a JSON
+    /// array of numbers, up to 4 bytes per byte), with room for the envelope.
+    pub fn peer_body_limit(&self) -> usize {
+        let batch = 2 * MAX_REPLICATION_BATCH as usize + 6 * self.chunk_size;
+        batch.max(4 * SNAPSHOT_CHUNK) + (64 << 10)
     }
 
     /// The advertised `host:port`, the node's name in the cluster.
@@ -90,9 +135,7 @@ impl Config {
 
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<()> {
-        if self.host.is_empty() || self.host.contains(['/', ' ']) {
-            return Err(Error::Config(format!("invalid host {:?}", self.host)));
-        }
+        check_host(&self.host).map_err(|why| Error::Config(format!("invalid host {:?}: {why}", self.host)))?;
         if self.port == 0 {
             return Err(Error::Config("port must not be 0".into()));
         }
@@ -104,6 +147,11 @@ impl Config {
         }
         if self.chunk_size == 0 || self.snapshot_every == 0 {
             return Err(Error::Config("chunk size and snapshot interval must be positive".into()));
+        }
+        if let Some(token) = &self.cluster_token {
+            if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::Config("the cluster token must be non-empty, without spaces".into()));
+            }
         }
         Ok(())
     }
@@ -118,7 +166,7 @@ impl Config {
             election_timeout_max: min * 2,
             // Snapshot chunks travel as JSON; give each a generous budget.
             install_snapshot_timeout: 10_000,
-            snapshot_max_chunk_size: 1 << 20,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.snapshot_every / 2,
             ..Default::default()
@@ -127,9 +175,63 @@ impl Config {
     }
 }
 
+/// Checks a host name as it may appear in a node's name: a DNS name, an IPv4 address or a
+/// bracketed IPv6 address. Names go into peer URLs, so nothing else is allowed.
+pub fn check_host(host: &str) -> std::result::Result<(), &'static str> {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| "not an IPv6 address");
+    }
+    if host.is_empty() || host.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err("only letters, digits, `-` and `.` are allowed")
+    }
+}
+
+/// Checks a node name: `host:port`, with a host [`check_host`] accepts and a port from 1.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let Some((host, port)) = name.rsplit_once(':') else {
+        return Err(format!("{name:?} is not host:port"));
+    };
+    check_host(host).map_err(|why| format!("{name:?}: bad host: {why}"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!("{name:?}: the port must be a number from 1 to 65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_host_and_port_only() {
+        for good in ["localhost:4001", "127.0.0.1:1", "node-1.example.org:65535", "[::1]:4001"] {
+            check_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "localhost",
+            "localhost:0",
+            "localhost:65536",
+            "localhost:+80",
+            "evil/path:80",
+            "a b:80",
+            "host:80/x",
+            "user@host:80",
+            "[nope]:80",
+            ":80",
+            "-x:80",
+            "h?q=1:80",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad} should be refused");
+        }
+    }
 
     #[test]
     fn timing_is_checked() {

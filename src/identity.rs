@@ -101,7 +101,7 @@ pub fn resolve(cli: Cli) -> Result<(Config, Identity, Start)> {
         Start::Join(j) => Some(j.clone()),
         _ => None,
     };
-    let config = cli.into_config(identity.host.clone(), identity.port, join);
+    let config = cli.into_config(identity.host.clone(), identity.port, join)?;
     config.validate()?;
     fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))?;
     Ok((config, identity, start))

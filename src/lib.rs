@@ -31,5 +31,6 @@ pub mod node;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

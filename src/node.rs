@@ -19,17 +19,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::InstallSnapshotRequest;
 use openraft::{ChangeMembers, ServerState};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::client::{HttpClient, SendError};
-use crate::config::Config;
+use crate::config::{check_name, Config};
 use crate::error::{Error, Result};
 use crate::raft::command::{Chunk, Command, CommandResult, Commit, Data, Delete, Dir, Rename, Touch, Write};
 use crate::raft::log_store::LogReader;
-use crate::raft::{NodeId, PeerNode, Raft, PEER_PREFIX};
+use crate::raft::{NodeId, PeerNode, Raft, TypeConfig, PEER_PREFIX};
+use crate::store::snapshot::Validator;
 use crate::store::{files, FileStore};
 
 /// Pause between attempts while no leader is known or the leader is unreachable.
@@ -121,6 +123,9 @@ pub struct Node {
     config: Config,
     /// Signalled when the cluster removes this node, so the server shuts down.
     removed: tokio::sync::Notify,
+    /// The snapshot being received from the leader, checked piece by piece before openraft
+    /// stores it. std lock: held only while checking one piece.
+    incoming_snapshot: std::sync::Mutex<Option<(String, Validator)>>,
 }
 
 impl Node {
@@ -135,7 +140,18 @@ impl Node {
         config: Config,
     ) -> Self {
         let name = config.name();
-        Node { id, name, raft, store, log, committed, client, config, removed: Default::default() }
+        Node {
+            id,
+            name,
+            raft,
+            store,
+            log,
+            committed,
+            client,
+            config,
+            removed: Default::default(),
+            incoming_snapshot: Default::default(),
+        }
     }
 
     /// The local replica's read API.
@@ -312,6 +328,7 @@ impl Node {
 
     /// Adds a node to the cluster (through the leader).
     pub async fn join(&self, req: JoinRequest) -> Result<()> {
+        check_name(&req.name).map_err(Error::BadRequest)?;
         self.on_leader("join", &req, |timeout| self.join_local(req.clone(), timeout)).await
     }
 
@@ -368,6 +385,12 @@ impl Node {
             Ok(resp) if resp.status.is_success() => resp.json::<LeaderReply<T>>().unwrap_or_else(|e| {
                 Err(Refusal::Unavailable(format!("leader {leader} sent an unreadable answer: {e}")))
             }),
+            Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => Err(Refusal::Unavailable(format!(
+                "leader {leader} refused this node's credentials: {} (do all nodes share the cluster token?)",
+                resp.text()
+            ))),
+            // The leader judged the request itself (a bad name, a body over its limits).
+            Ok(resp) if resp.status.is_client_error() => Err(Refusal::Rejected(resp.text())),
             Ok(resp) => Err(Refusal::Transient(format!("leader {leader} answered {}: {}", resp.status, resp.text()))),
             // Nothing was sent: the leader is down; an election will name another.
             Err(e @ SendError::Connect(..)) => Err(Refusal::Transient(e.to_string())),
@@ -434,8 +457,44 @@ impl Node {
         }
     }
 
+    /// Checks a command that arrived from a peer with the rules the public API applies to a
+    /// client's request: clean names, content within one entry's size.
+    pub fn check_forwarded(&self, cmd: &Command) -> Result<()> {
+        for name in cmd.names() {
+            files::validate(name)?;
+        }
+        if cmd.data_len() > self.config.chunk_size {
+            return Err(Error::TooLarge { limit: self.config.chunk_size as u64 });
+        }
+        Ok(())
+    }
+
+    /// Checks the next piece of a snapshot from the leader before openraft stores it: pieces
+    /// must arrive in order and form a valid archive, or the piece is refused and the node
+    /// keeps its state (openraft would treat a failed install as fatal).
+    pub fn check_snapshot_chunk(&self, req: &InstallSnapshotRequest<TypeConfig>) -> std::result::Result<(), String> {
+        let mut incoming = self.incoming_snapshot.lock().expect("snapshot check lock poisoned");
+        if req.offset == 0 {
+            *incoming = Some((req.meta.snapshot_id.clone(), Validator::default()));
+        }
+        let Some((id, validator)) = incoming.as_mut() else {
+            return Err(format!("snapshot piece at offset {} without its beginning", req.offset));
+        };
+        if *id != req.meta.snapshot_id || validator.position() != req.offset {
+            let want = validator.position();
+            *incoming = None;
+            return Err(format!("snapshot piece out of order (offset {}, expected {want})", req.offset));
+        }
+        let checked = validator.feed(&req.data).and_then(|()| if req.done { validator.finish() } else { Ok(()) });
+        if checked.is_err() || req.done {
+            *incoming = None;
+        }
+        checked.map_err(|e| format!("refusing snapshot {}: {e}", req.meta.snapshot_id))
+    }
+
     /// Adds a learner and promotes it to voter; idempotent.
     pub async fn join_local(&self, req: JoinRequest, timeout: Duration) -> LeaderReply<()> {
+        check_name(&req.name).map_err(Refusal::Rejected)?;
         self.check_leader()?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();
@@ -467,6 +526,9 @@ impl Node {
             return Err(Refusal::Rejected(format!("no member is named {}", req.name)));
         };
         let is_voter = membership.voter_ids().any(|v| v == id);
+        if is_voter && membership.voter_ids().count() == 1 {
+            return Err(Refusal::Rejected(format!("{} is the last voting member; a cluster cannot remove it", req.name)));
+        }
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -522,6 +584,7 @@ fn membership_outcome<T>(r: MembershipResult<T>) -> LeaderReply<()> {
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))) => {
             Err(Refusal::Busy)
         }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(Refusal::Rejected(e.to_string())),
         Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
         Err(_) => Err(Refusal::Unavailable("membership change did not commit in time".into())),
     }

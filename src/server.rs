@@ -19,6 +19,7 @@ use crate::client::HttpClient;
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fuse::Mount;
+use crate::http::listener::{Listener, Remote};
 use crate::identity::{Identity, Start};
 use crate::node::{JoinRequest, Node};
 use crate::raft::log_store::LogStore;
@@ -59,7 +60,11 @@ pub async fn serve(
     let state_machine = StateMachine::open(dir, store.tree().clone(), store.change_sender())
         .context(|| format!("open state machine in {}", dir.display()))?;
     let clean_shutdown = state_machine.shutdown_handle();
-    let client = HttpClient::new();
+    let client = HttpClient::for_cluster(&config)?;
+    let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
+    if config.cluster_token.is_none() {
+        warn!("no cluster token: peer and membership routes (/raft/*, /cluster/*) are open to anyone who can reach this port; set --cluster-token-file");
+    }
     let raft_config = Arc::new(config.raft_config()?);
     let raft = Raft::new(identity.id, raft_config, Network::new(client.clone()), log_store, state_machine)
         .await
@@ -77,6 +82,8 @@ pub async fn serve(
             }
         }
     };
+    let listener = Listener::new(listener, tls).context(|| "start listening".into())?;
+    let app = app.into_make_service_with_connect_info::<Remote>();
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future());
 
     let joined = match start {
@@ -85,7 +92,7 @@ pub async fn serve(
         Start::Join(seed) => join(&client, &seed, &identity).await,
     };
     let mount = joined.and_then(|()| match &config.mount {
-        Some(path) => Mount::start(node.clone(), path, config.stale_reads).map(Some),
+        Some(path) => Mount::start(node.clone(), path, config.stale_reads, config.allow_other).map(Some),
         None => Ok(None),
     });
     let mount = match mount {
@@ -136,6 +143,15 @@ async fn join(client: &HttpClient, seed: &str, identity: &Identity) -> Result<()
             Ok(resp) if resp.status.is_success() => {
                 info!(seed, "joined the cluster");
                 return Ok(());
+            }
+            Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => {
+                return Err(Error::Peer {
+                    peer: seed.into(),
+                    message: format!(
+                        "refused the join: {} — start this node with the cluster's token (--cluster-token-file)",
+                        resp.text()
+                    ),
+                })
             }
             Ok(resp) if resp.status.is_client_error() => {
                 return Err(Error::Peer { peer: seed.into(), message: format!("refused the join: {}", resp.text()) })

@@ -30,18 +30,22 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts the replicated tree of `node` at `path`.
-    pub fn start(node: Arc<Node>, path: &Path, stale_reads: bool) -> Result<Mount> {
+    /// Only the mounting user may use it unless `allow_other` (which also lets the kernel check
+    /// the permissions each file shows, with `default_permissions`).
+    pub fn start(node: Arc<Node>, path: &Path, stale_reads: bool, allow_other: bool) -> Result<Mount> {
         prepare(path)?;
         let buffers = node.config().data_dir.join("fuse");
         let changes = node.store().subscribe();
         let fs = fs::RaftFs::new(node, tokio::runtime::Handle::current(), buffers, stale_reads)?;
         let shared = fs.shared();
-        let options = [
+        let mut options = vec![
             MountOption::FSName("raftd".into()),
             MountOption::Subtype("raftd".into()),
-            MountOption::AllowOther,
             MountOption::DefaultPermissions,
         ];
+        if allow_other {
+            options.push(MountOption::AllowOther);
+        }
         let session = fuser::Session::new(fs, path, &options)
             .and_then(|s| s.spawn())
             .map_err(|e| Error::io(format!("mount {}", path.display()), e))?;

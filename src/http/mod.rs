@@ -1,27 +1,47 @@
 //! HTTP: the client API, membership admin and peer RPC on one listener.
 //!
 //! One port per node keeps the go-raft interface (`host:port` is the node's name) and makes
-//! container setups simple; peer routes live under their own prefix (`/raft/`).
+//! container setups simple. Two groups of routes share it:
+//!
+//! - client routes (`/files`, `/status`, `/log`): open to anyone who can reach the port;
+//! - member routes (`/raft/*` peer RPC, `/cluster/*` membership): guarded by the cluster
+//!   token and, with `--tls-ca`, a client certificate ([`guard`]); bodies capped near the
+//!   largest replication message; a deadline on every request.
+//!
+//! Each group has its own cap on requests in flight, so client load cannot starve Raft.
 
 pub mod admin;
 pub mod api;
 pub mod error;
+pub mod guard;
+pub mod listener;
 pub mod peer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::node::Node;
+use guard::{Limits, PeerGuard};
 
-/// Largest peer message accepted (AppendEntries batches, snapshot chunks as JSON).
-pub const MAX_PEER_BODY: usize = 256 << 20;
+/// Extra time a peer request may take beyond the request timeout before it is cut off.
+const PEER_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// All routes of a node.
 pub fn router(node: Arc<Node>) -> Router {
+    let config = node.config();
     let files = get(api::get_file).post(api::put_file).put(api::put_file).delete(api::delete_file);
+    let client = Router::new()
+        .route("/files", get(api::get_file))
+        .route("/files/", get(api::get_file))
+        .route("/files/{*path}", files)
+        .route("/status", get(api::status))
+        .route("/log", get(api::log))
+        .layer(from_fn_with_state(Limits::new(guard::MAX_CLIENT_REQUESTS, None), guard::limit));
     let peer = Router::new()
         .route("/append", post(peer::append))
         .route("/vote", post(peer::vote))
@@ -30,16 +50,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/read-index", post(peer::read_index))
         .route("/join", post(peer::join))
         .route("/remove", post(peer::remove))
-        .route("/removed", post(peer::removed))
-        .layer(DefaultBodyLimit::max(MAX_PEER_BODY));
-    Router::new()
-        .route("/files", get(api::get_file))
-        .route("/files/", get(api::get_file))
-        .route("/files/{*path}", files)
-        .route("/status", get(api::status))
-        .route("/log", get(api::log))
+        .route("/removed", post(peer::removed));
+    let guard = Arc::new(PeerGuard::new(
+        config.cluster_token.as_deref(),
+        config.tls.as_ref().is_some_and(|t| t.ca.is_some()),
+    ));
+    let deadline = config.request_timeout + config.election_timeout * 2 + PEER_DEADLINE_SLACK;
+    let member = Router::new()
         .route("/cluster/join", post(admin::join))
         .route("/cluster/remove", post(admin::remove))
         .nest(crate::raft::PEER_PREFIX, peer)
-        .with_state(node)
+        .layer(DefaultBodyLimit::max(config.peer_body_limit()))
+        .layer(from_fn_with_state(guard, guard::require_member))
+        .layer(from_fn_with_state(Limits::new(guard::MAX_PEER_REQUESTS, Some(deadline)), guard::limit));
+    client.merge(member).with_state(node)
 }

@@ -1,6 +1,7 @@
 //! Peer RPC under `/raft/`: openraft's messages into the local Raft, and the leader-side
-//! halves of forwarded operations. Answers are 200 with a JSON `Result`; transport-level
-//! failures are the only non-200s.
+//! halves of forwarded operations. Answers are 200 with a JSON `Result`; a message that is
+//! malformed (see `raft::inbound`), misdirected or over the limits gets a 4xx and never
+//! reaches Raft. The guard in front of these routes has already checked who is calling.
 
 use std::sync::Arc;
 
@@ -14,12 +15,18 @@ use tracing::debug;
 
 use crate::node::{JoinRequest, Node, RemoveRequest};
 use crate::raft::command::Command;
+use crate::raft::inbound::{check_append, check_vote};
 use crate::raft::{NodeId, TypeConfig};
 
 /// Every Raft RPC names the node it is meant for.
 #[derive(Debug, Deserialize)]
 pub struct Target {
     target: NodeId,
+}
+
+fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
+    debug!(%why, "refused a peer message");
+    (status, format!("{why}\n")).into_response()
 }
 
 fn misdirected(node: &Node, target: NodeId) -> Option<Response> {
@@ -38,6 +45,9 @@ pub async fn append(
     if let Some(r) = misdirected(&node, t.target) {
         return r;
     }
+    if let Err(why) = check_append(&req) {
+        return refuse(StatusCode::BAD_REQUEST, why);
+    }
     debug!(term = req.vote.leader_id().term, entries = req.entries.len(), "recv append");
     Json(node.raft().append_entries(req).await).into_response()
 }
@@ -50,6 +60,10 @@ pub async fn vote(
 ) -> Response {
     if let Some(r) = misdirected(&node, t.target) {
         return r;
+    }
+    let membership = node.raft().metrics().borrow().membership_config.clone();
+    if let Err(why) = check_vote(&req, &membership) {
+        return refuse(StatusCode::FORBIDDEN, why);
     }
     debug!(vote = %req.vote, "recv vote request");
     Json(node.raft().vote(req).await).into_response()
@@ -64,12 +78,18 @@ pub async fn snapshot(
     if let Some(r) = misdirected(&node, t.target) {
         return r;
     }
+    if let Err(why) = node.check_snapshot_chunk(&req) {
+        return refuse(StatusCode::BAD_REQUEST, why);
+    }
     debug!(offset = req.offset, done = req.done, "recv snapshot chunk");
     Json(node.raft().install_snapshot(req).await).into_response()
 }
 
 /// `POST /raft/propose`: a forwarded command, run only if this node leads.
 pub async fn propose(State(node): State<Arc<Node>>, Json(cmd): Json<Command>) -> Response {
+    if let Err(e) = node.check_forwarded(&cmd) {
+        return e.into_response();
+    }
     let timeout = node.config().request_timeout;
     Json(node.propose_local(cmd, timeout).await).into_response()
 }

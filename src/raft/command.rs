@@ -212,6 +212,28 @@ impl Command {
         }
     }
 
+    /// Every name the command refers to (`from` and `to` for a rename).
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Command::Write(c) => vec![&c.filename],
+            Command::Touch(c) => vec![&c.filename],
+            Command::Delete(c) => vec![&c.filename],
+            Command::Mkdir(c) | Command::Rmdir(c) => vec![&c.dirname],
+            Command::Rename(c) => vec![&c.from, &c.to],
+            Command::Commit(c) => c.filename.iter().map(String::as_str).collect(),
+            Command::Chunk(_) => vec![],
+        }
+    }
+
+    /// Bytes of file content the command carries.
+    pub fn data_len(&self) -> usize {
+        match self {
+            Command::Write(c) => c.data.0.len(),
+            Command::Chunk(c) => c.data.0.len(),
+            _ => 0,
+        }
+    }
+
     /// The command's body as the JSON object shown after its name in the log.
     pub fn body_json(&self) -> serde_json::Result<String> {
         match self {

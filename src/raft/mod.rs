@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod elections;
+pub mod inbound;
 pub mod log_format;
 pub mod log_store;
 pub mod network;

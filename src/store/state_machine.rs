@@ -243,7 +243,7 @@ impl Shared {
                             if let Some(id) = cmd.req() {
                                 state.dedup.insert(id, result.clone());
                             }
-                            for path in changed_paths(&cmd) {
+                            for path in cmd.names() {
                                 let _ = self.changes.send(Change::Path(path.to_string()));
                             }
                             result
@@ -396,19 +396,6 @@ impl Shared {
         }
         File::create(self.sm_dir.join(CLEAN))?.sync_all()?;
         dir.sync_all()
-    }
-}
-
-/// The names a command may have changed, for cache invalidation.
-fn changed_paths(cmd: &Command) -> Vec<&str> {
-    match cmd {
-        Command::Write(c) => vec![&c.filename],
-        Command::Touch(c) => vec![&c.filename],
-        Command::Delete(c) => vec![&c.filename],
-        Command::Mkdir(c) | Command::Rmdir(c) => vec![&c.dirname],
-        Command::Rename(c) => vec![&c.from, &c.to],
-        Command::Commit(c) => c.filename.iter().map(String::as_str).collect(),
-        Command::Chunk(_) => vec![],
     }
 }
 

@@ -1,0 +1,120 @@
+//! Who may call the peer and membership routes, and how much any route may take.
+//!
+//! `/raft/*` and `/cluster/*` change the cluster itself (append to logs, install snapshots,
+//! add and remove members), so with `--cluster-token` every request to them must carry
+//! `Authorization: Bearer <token>`, and with `--tls-ca` it must arrive on a connection that
+//! presented a client certificate from that CA. Anything else gets 401 before a handler runs.
+//! The token is compared in constant time, so response timing does not leak it.
+//!
+//! Limits: each group of routes has its own cap on requests in flight (an overload of client
+//! traffic cannot starve Raft's own messages), and peer requests have a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use super::listener::Remote;
+
+/// Requests in flight on the client routes (`/files`, `/status`, `/log`) before 503.
+pub const MAX_CLIENT_REQUESTS: usize = 1024;
+/// Requests in flight on the peer and membership routes before 503.
+pub const MAX_PEER_REQUESTS: usize = 256;
+
+/// What a peer or operator must show.
+pub struct PeerGuard {
+    token: Option<Vec<u8>>,
+    require_client_cert: bool,
+}
+
+impl PeerGuard {
+    /// A guard for the given token and mutual-TLS requirement.
+    pub fn new(token: Option<&str>, require_client_cert: bool) -> Self {
+        PeerGuard { token: token.map(|t| t.as_bytes().to_vec()), require_client_cert }
+    }
+
+    fn admits(&self, req: &Request) -> Result<(), &'static str> {
+        if self.require_client_cert {
+            let verified = req.extensions().get::<ConnectInfo<Remote>>().is_some_and(|c| c.0.verified_client);
+            if !verified {
+                return Err("peer and membership routes need a client certificate from the cluster's CA");
+            }
+        }
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .unwrap_or_default();
+            if !constant_time_eq(given, token) {
+                return Err("missing or wrong cluster token (send Authorization: Bearer <token>)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Middleware: refuses with 401 whatever the guard does not admit.
+pub async fn require_member(State(guard): State<Arc<PeerGuard>>, req: Request, next: Next) -> Response {
+    match guard.admits(&req) {
+        Ok(()) => next.run(req).await,
+        Err(why) => {
+            tracing::debug!(path = %req.uri().path(), why, "refused an unauthenticated peer request");
+            (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+/// A cap on requests in flight and an optional deadline for each.
+#[derive(Clone)]
+pub struct Limits {
+    permits: Arc<Semaphore>,
+    deadline: Option<Duration>,
+}
+
+impl Limits {
+    /// At most `max` requests at once, each given at most `deadline` if set.
+    pub fn new(max: usize, deadline: Option<Duration>) -> Self {
+        Limits { permits: Arc::new(Semaphore::new(max)), deadline }
+    }
+}
+
+/// Middleware: 503 when too many requests are in flight, 503 when one overruns its deadline.
+pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = limits.permits.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n").into_response();
+    };
+    match limits.deadline {
+        None => next.run(req).await,
+        Some(deadline) => match tokio::time::timeout(deadline, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {deadline:?}\n")).into_response(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
