@@ -129,6 +129,38 @@ fn echo_on_one_node_cat_on_every_node() {
     // Bad names get EINVAL, unsupported operations a proper errno.
     let (success, _, err) = sh(&format!("ln -s foo {ml}/link"));
     assert!(!success && err.contains("not permitted"), "{err}");
+
+    // Modes and owners are not replicated: a change fails loudly, setting what is shown works.
+    let (success, _, err) = sh(&format!("chmod 600 {ml}/bar"));
+    assert!(!success && err.contains("not permitted"), "chmod 600 must not pretend: {err}");
+    let (success, _, err) = sh(&format!("chown 1234 {ml}/bar"));
+    assert!(!success && err.contains("not permitted"), "chown must not pretend: {err}");
+    ok(&format!("chmod 644 {ml}/bar && chmod 755 {ml}/. && chown 0:0 {ml}/bar"));
+
+    // The mount is the mounting user's alone unless --allow-other.
+    let options = mount_options(&m[0]);
+    assert!(!options.contains("allow_other"), "{options}");
+}
+
+/// The kernel's super-block options of the mount at `path`.
+fn mount_options(path: &Path) -> String {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = table.lines().find(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == path)).unwrap();
+    line.rsplit(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn allow_other_is_opt_in() {
+    if !fuse_available() {
+        return;
+    }
+    let c = Cluster::start_with(1, |i, tmp| {
+        vec!["--mount".into(), mount_of(tmp, i).display().to_string(), "--allow-other".into()]
+    });
+    let mount = mount_of(c.tmp.path(), 0);
+    wait_for(Duration::from_secs(20), "the mount", || is_mounted(&mount).then_some(()));
+    let options = mount_options(&mount);
+    assert!(options.contains("allow_other"), "{options}");
 }
 
 #[test]

@@ -122,6 +122,31 @@ impl Shared {
         Ok(attr(ino, &stat, self.uid, self.gid))
     }
 
+    /// Modes and owners are not replicated: a chmod or chown that would change them fails
+    /// with EPERM rather than succeed without effect (`chmod 600 secret` must not pretend).
+    /// Setting what the file already shows is allowed, so `cp -p` and `tar` of files with
+    /// the usual modes work.
+    fn check_unreplicated(
+        &self,
+        ino: u64,
+        path: &str,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> std::result::Result<(), libc::c_int> {
+        if mode.is_none() && uid.is_none() && gid.is_none() {
+            return Ok(());
+        }
+        let current = self.stat(ino, path)?;
+        let same_mode = mode.is_none_or(|m| m & 0o7777 == u32::from(current.perm));
+        let same_owner = uid.is_none_or(|u| u == current.uid) && gid.is_none_or(|g| g == current.gid);
+        if same_mode && same_owner {
+            Ok(())
+        } else {
+            Err(libc::EPERM)
+        }
+    }
+
     fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
         let ino = self.inodes.lock().expect("inode lock").ino(path);
         self.stat(ino, path)
@@ -197,9 +222,9 @@ impl Filesystem for RaftFs {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
@@ -211,12 +236,14 @@ impl Filesystem for RaftFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        // Modes and owners are not replicated: chmod/chown succeed without effect.
         let shared = self.shared.clone();
         let path = match shared.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        if let Err(e) = shared.check_unreplicated(ino, &path, mode, uid, gid) {
+            return reply.error(e);
+        }
         let open_writer = fh
             .and_then(|fh| shared.handle(fh).ok())
             .filter(|h| matches!(&*locked(h), Handle::Write(_)))
