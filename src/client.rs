@@ -119,13 +119,13 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<Response, SendError> {
         let uri = format!("{}://{addr}{path}", self.scheme);
-        let mut request = Request::builder().method(method).uri(&uri).header(hyper::header::CONTENT_TYPE, "application/json");
+        let mut request =
+            Request::builder().method(method).uri(&uri).header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(auth) = &self.auth {
             request = request.header(hyper::header::AUTHORIZATION, auth.clone());
         }
-        let request = request
-            .body(Full::new(body.into()))
-            .map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
+        let request =
+            request.body(Full::new(body.into())).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
         let exchange = async {
             let response = self.inner.request(request).await.map_err(|e| {
                 if e.is_connect() {

@@ -185,7 +185,10 @@ pub fn check_host(host: &str) -> std::result::Result<(), &'static str> {
         return Err("must be 1 to 253 characters");
     }
     let label_ok = |l: &str| {
-        !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     };
     if host.split('.').all(label_ok) {
         Ok(())

@@ -103,7 +103,9 @@ pub fn resolve(cli: Cli) -> Result<(Config, Identity, Start)> {
     };
     let config = cli.into_config(identity.host.clone(), identity.port, join)?;
     config.validate()?;
-    fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))?;
+    if fsutil::read_json::<Identity>(&info_path)?.as_ref() != Some(&identity) {
+        fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))?;
+    }
     Ok((config, identity, start))
 }
 

@@ -527,7 +527,10 @@ impl Node {
         };
         let is_voter = membership.voter_ids().any(|v| v == id);
         if is_voter && membership.voter_ids().count() == 1 {
-            return Err(Refusal::Rejected(format!("{} is the last voting member; a cluster cannot remove it", req.name)));
+            return Err(Refusal::Rejected(format!(
+                "{} is the last voting member; a cluster cannot remove it",
+                req.name
+            )));
         }
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -584,7 +587,9 @@ fn membership_outcome<T>(r: MembershipResult<T>) -> LeaderReply<()> {
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))) => {
             Err(Refusal::Busy)
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(Refusal::Rejected(e.to_string())),
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(Refusal::Rejected(e.to_string()))
+        }
         Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
         Err(_) => Err(Refusal::Unavailable("membership change did not commit in time".into())),
     }

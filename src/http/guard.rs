@@ -78,22 +78,38 @@ pub async fn require_member(State(guard): State<Arc<PeerGuard>>, req: Request, n
     }
 }
 
-/// A cap on requests in flight and an optional deadline for each.
+/// A cap on requests in flight, an optional deadline for each, and an optional body size
+/// that a declared `Content-Length` may not exceed.
 #[derive(Clone)]
 pub struct Limits {
     permits: Arc<Semaphore>,
     deadline: Option<Duration>,
+    max_body: Option<usize>,
 }
 
 impl Limits {
     /// At most `max` requests at once, each given at most `deadline` if set.
     pub fn new(max: usize, deadline: Option<Duration>) -> Self {
-        Limits { permits: Arc::new(Semaphore::new(max)), deadline }
+        Limits { permits: Arc::new(Semaphore::new(max)), deadline, max_body: None }
+    }
+
+    /// Also refuse, before reading any of it, a body declared larger than `bytes`. (Bodies
+    /// without a length are still cut off at the limit by the extractors.)
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = Some(bytes);
+        self
     }
 }
 
-/// Middleware: 503 when too many requests are in flight, 503 when one overruns its deadline.
+/// Middleware: 413 for a declared body over the limit, 503 when too many requests are in
+/// flight, 503 when one overruns its deadline.
 pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (limits.max_body, declared) {
+        if len > max as u64 {
+            return (StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds the limit of {max} bytes\n")).into_response();
+        }
+    }
     let Ok(_permit) = limits.permits.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n").into_response();
     };

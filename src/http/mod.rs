@@ -51,10 +51,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/join", post(peer::join))
         .route("/remove", post(peer::remove))
         .route("/removed", post(peer::removed));
-    let guard = Arc::new(PeerGuard::new(
-        config.cluster_token.as_deref(),
-        config.tls.as_ref().is_some_and(|t| t.ca.is_some()),
-    ));
+    let guard =
+        Arc::new(PeerGuard::new(config.cluster_token.as_deref(), config.tls.as_ref().is_some_and(|t| t.ca.is_some())));
     let deadline = config.request_timeout + config.election_timeout * 2 + PEER_DEADLINE_SLACK;
     let member = Router::new()
         .route("/cluster/join", post(admin::join))
@@ -62,6 +60,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .nest(crate::raft::PEER_PREFIX, peer)
         .layer(DefaultBodyLimit::max(config.peer_body_limit()))
         .layer(from_fn_with_state(guard, guard::require_member))
-        .layer(from_fn_with_state(Limits::new(guard::MAX_PEER_REQUESTS, Some(deadline)), guard::limit));
+        .layer(from_fn_with_state(
+            Limits::new(guard::MAX_PEER_REQUESTS, Some(deadline)).max_body(config.peer_body_limit()),
+            guard::limit,
+        ));
     client.merge(member).with_state(node)
 }

@@ -21,7 +21,10 @@ pub fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String
             return Err(format!("entry index {} where {expected} was expected: entries must be consecutive", id.index));
         }
         if id.leader_id.term < last_term || id.leader_id.term > term {
-            return Err(format!("entry {} has term {} out of order (sender's term {term})", id.index, id.leader_id.term));
+            return Err(format!(
+                "entry {} has term {} out of order (sender's term {term})",
+                id.index, id.leader_id.term
+            ));
         }
         last_term = id.leader_id.term;
     }

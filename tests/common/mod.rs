@@ -24,10 +24,22 @@ pub fn free_port() -> u16 {
 
 /// Minimal blocking HTTP/1.1 client (one request per connection), binary-safe.
 pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    http_with(addr, method, path, &[], body)
+}
+
+/// [`http`] with extra request headers.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;
@@ -39,6 +51,26 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Resul
     let status =
         header.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("bad status"))?;
     Ok((status, raw[split + 4..].to_vec()))
+}
+
+/// An HTTPS request through curl with the given TLS arguments (`--cacert`, `--cert`, …):
+/// (status, body), status 0 when no HTTP answer came (refused handshake, no connection).
+pub fn https(addr: &str, tls: &[String], method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-X", method, "--data-binary", "@-", "-o", "-"])
+        .args(["-w", "%{stderr}\n%{http_code}"])
+        .args(tls)
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let code = err.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    (code, out.stdout)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -62,28 +94,38 @@ pub struct Node {
     pub args: Vec<String>,
     pub child: Option<Child>,
     pub stderr: PathBuf,
+    /// curl's TLS arguments when the node serves HTTPS.
+    pub tls: Option<Vec<String>>,
 }
 
 impl Node {
+    /// Any request, over HTTPS when the node serves it: (status, body), 0 without an answer.
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        match &self.tls {
+            Some(tls) => https(&self.name, tls, method, path, body),
+            None => http(&self.name, method, path, body).unwrap_or((0, Vec::new())),
+        }
+    }
+
     /// GET returning (status, body).
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http(&self.name, "GET", path, b"").unwrap_or((0, Vec::new()))
+        self.request("GET", path, b"")
     }
 
     /// POST returning (status, body).
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        http(&self.name, "POST", path, body).unwrap_or((0, Vec::new()))
+        self.request("POST", path, body)
     }
 
     /// DELETE returning (status, body).
     pub fn delete(&self, path: &str) -> (u16, Vec<u8>) {
-        http(&self.name, "DELETE", path, b"").unwrap_or((0, Vec::new()))
+        self.request("DELETE", path, b"")
     }
 
     /// `/status` as JSON, if the node answers.
     pub fn status(&self) -> Option<serde_json::Value> {
-        match http(&self.name, "GET", "/status", b"") {
-            Ok((200, body)) => serde_json::from_slice(&body).ok(),
+        match self.get("/status") {
+            (200, body) => serde_json::from_slice(&body).ok(),
             _ => None,
         }
     }
@@ -137,6 +179,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// curl's TLS arguments for every node, when the cluster serves HTTPS.
+    pub tls: Option<Vec<String>>,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -158,6 +202,12 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// No nodes yet; holds this test binary's turn until dropped.
+    pub fn empty() -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new(), tls: None, _turn: turn }
+    }
+
     /// Starts `n` nodes: the first initializes, the rest join it; waits until all are voters.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
         Cluster::start_with(n, |_, _| extra.iter().map(|s| s.to_string()).collect())
@@ -165,8 +215,13 @@ impl Cluster {
 
     /// Like `start`, with per-node extra arguments from `args(position, temp dir)`.
     pub fn start_with(n: usize, args: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut cluster = Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new(), _turn: turn };
+        Cluster::start_full(n, None, args)
+    }
+
+    /// Like `start_with`, talking to the nodes over HTTPS with curl's `tls` arguments if given.
+    pub fn start_full(n: usize, tls: Option<Vec<String>>, args: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
+        let mut cluster = Cluster::empty();
+        cluster.tls = tls;
         for i in 0..n {
             let join = (i > 0).then(|| cluster.nodes[0].name.clone());
             let extra = args(i, cluster.tmp.path());
@@ -191,7 +246,8 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = self.tmp.path().join(format!("node.{}", i + 1));
         let stderr = self.tmp.path().join(format!("node.{}.log", i + 1));
-        let mut node = Node { name: format!("127.0.0.1:{port}"), dir, args, child: None, stderr };
+        let mut node =
+            Node { name: format!("127.0.0.1:{port}"), dir, args, child: None, stderr, tls: self.tls.clone() };
         node.spawn();
         self.nodes.push(node);
         i
