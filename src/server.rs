@@ -62,7 +62,8 @@ pub async fn serve(
     let clean_shutdown = state_machine.shutdown_handle();
     let client = HttpClient::for_cluster(&config)?;
     let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
-    if config.cluster_token.is_none() {
+    let mutual_tls = config.tls.as_ref().is_some_and(|t| t.ca.is_some());
+    if config.cluster_token.is_none() && !mutual_tls {
         warn!("no cluster token: peer and membership routes (/raft/*, /cluster/*) are open to anyone who can reach this port; set --cluster-token-file");
     }
     let raft_config = Arc::new(config.raft_config()?);

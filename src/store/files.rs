@@ -26,7 +26,7 @@ use tracing::warn;
 
 use super::beneath::Beneath;
 use crate::error::{Error, Result};
-use crate::raft::command::{Chunk, Commit, Data, FileError};
+use crate::raft::command::{Chunk, Command, Commit, Data, FileError};
 
 /// Longest accepted path component, in bytes (the usual filesystem limit).
 pub const MAX_COMPONENT: usize = 255;
@@ -181,6 +181,20 @@ impl Tree {
             let _ = fs::remove_file(temp);
         }
         result
+    }
+
+    /// Applies one command; `tag` (the entry's index) names its temp file.
+    pub fn apply(&self, cmd: &Command, tag: u64) -> Applied {
+        match cmd {
+            Command::Write(c) => self.write(&c.filename, &c.data, c.mtime, tag),
+            Command::Delete(c) => self.delete(&c.filename),
+            Command::Mkdir(c) => self.mkdir(&c.dirname, c.mtime),
+            Command::Rmdir(c) => self.rmdir(&c.dirname),
+            Command::Rename(c) => self.rename(&c.from, &c.to),
+            Command::Touch(c) => self.touch(&c.filename, c.mtime),
+            Command::Chunk(c) => self.chunk(c),
+            Command::Commit(c) => self.commit(c, tag),
+        }
     }
 
     /// `file:write`: replace the whole file.

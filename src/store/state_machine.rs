@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use super::files::{Applied, Tree};
+use super::files::Tree;
 use super::snapshot::{self, Header};
 use super::Change;
-use crate::raft::command::{Command, CommandResult, RequestId};
+use crate::raft::command::{CommandResult, RequestId};
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many recent request ids the state machine remembers for de-duplication.
@@ -205,20 +205,6 @@ impl Shared {
         self.state.lock().expect("state machine lock poisoned")
     }
 
-    fn apply_command(&self, cmd: &Command, index: u64) -> Applied {
-        let tree = &self.tree;
-        match cmd {
-            Command::Write(c) => tree.write(&c.filename, &c.data, c.mtime, index),
-            Command::Delete(c) => tree.delete(&c.filename),
-            Command::Mkdir(c) => tree.mkdir(&c.dirname, c.mtime),
-            Command::Rmdir(c) => tree.rmdir(&c.dirname),
-            Command::Rename(c) => tree.rename(&c.from, &c.to),
-            Command::Touch(c) => tree.touch(&c.filename, c.mtime),
-            Command::Chunk(c) => tree.chunk(c),
-            Command::Commit(c) => tree.commit(c, index),
-        }
-    }
-
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
         let mut state = self.lock();
         let mut results = Vec::with_capacity(entries.len());
@@ -238,7 +224,8 @@ impl Shared {
                         }
                         None => {
                             let result = self
-                                .apply_command(&cmd, entry.log_id.index)
+                                .tree
+                                .apply(&cmd, entry.log_id.index)
                                 .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
                             if let Some(id) = cmd.req() {
                                 state.dedup.insert(id, result.clone());
