@@ -44,6 +44,12 @@ all_healthy() { healthy node1 && healthy node2 && healthy node3; }
 port_of() { case $1 in node1) echo 4001 ;; node2) echo 4002 ;; node3) echo 4003 ;; esac; }
 leader() { curl -sf "localhost:$(port_of "$1")/status" | sed -n 's/.*"leader":"\(node[0-9]\):4001".*/\1/p'; }
 
+# The cluster token: docker/.env as the README makes it (kept if it exists).
+if [ ! -f docker/.env ] && [ -z "${RAFTD_CLUSTER_TOKEN:-}" ]; then
+  echo "RAFTD_CLUSTER_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > docker/.env
+fi
+token=${RAFTD_CLUSTER_TOKEN:-$(sed -n 's/^RAFTD_CLUSTER_TOKEN=//p' docker/.env)}
+
 if [ -z "${RAFTD_BASE_IMAGE:-}" ]; then
   docker/base-image.sh raftd-base:bookworm
   export RAFTD_BASE_IMAGE=raftd-base:bookworm
@@ -64,6 +70,13 @@ for n in node1 node2 node3; do
   check "HTTP read from the host on $n" [ "$(curl -s "localhost:$(port_of $n)/files/hello")" = world ]
   check "FUSE read on $n of the HTTP write" [ "$(compose exec -T $n cat /mnt/raft/hello)" = world ]
 done
+
+# --- Membership routes need the token. ---
+remove_status() { curl -s -o /dev/null -w '%{http_code}' "$@" -XPOST localhost:4001/cluster/remove -d '{"name":"node2:4001"}'; }
+check "membership routes refuse a request without the token" [ "$(remove_status)" = 401 ]
+check "membership routes refuse a wrong token" [ "$(remove_status -H 'Authorization: Bearer wrong')" = 401 ]
+check "membership routes accept the token" [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" -XPOST localhost:4001/cluster/remove -d '{"name":"nobody:1"}')" = 400 ]
+check "still three members" [ "$(curl -s localhost:4001/status | grep -o 'node[0-9]:4001' | sort -u | wc -l)" = 3 ]
 
 # --- Stop the leader's container: the others elect a leader and keep accepting writes. ---
 old=$(leader node1)

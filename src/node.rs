@@ -463,8 +463,9 @@ impl Node {
         for name in cmd.names() {
             files::validate(name)?;
         }
-        if cmd.data_len() > self.config.chunk_size {
-            return Err(Error::TooLarge { limit: self.config.chunk_size as u64 });
+        let limit = (self.config.chunk_size as u64).min(self.config.max_body);
+        if cmd.data_len() as u64 > limit {
+            return Err(Error::TooLarge { limit });
         }
         Ok(())
     }

@@ -125,6 +125,60 @@ pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::post;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut req = axum::http::Request::post(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_overload_overrun_and_big_bodies() {
+        let limits = Limits::new(1, Some(Duration::from_millis(200))).max_body(10);
+        let app = Router::new()
+            .route("/slow", post(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
+            .route("/fast", post(|| async { "ok" }))
+            .layer(from_fn_with_state(limits, limit));
+        assert_eq!(app.clone().oneshot(request("/fast", &[])).await.unwrap().status(), StatusCode::OK);
+        let big = app.clone().oneshot(request("/fast", &[("content-length", "11")])).await.unwrap();
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // One slow request holds the only permit: the next is refused at once, then the slow
+        // one is cut off at its deadline and the permit comes back.
+        let slow = tokio::spawn(app.clone().oneshot(request("/slow", &[])));
+        tokio::task::yield_now().await;
+        let mut busy = StatusCode::OK;
+        for _ in 0..100 {
+            busy = app.clone().oneshot(request("/fast", &[])).await.unwrap().status();
+            if busy != StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(busy, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(app.oneshot(request("/fast", &[])).await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_guard_wants_the_exact_token() {
+        let guard = Arc::new(PeerGuard::new(Some("s3cret"), false));
+        let app =
+            Router::new().route("/raft/x", post(|| async { "ok" })).layer(from_fn_with_state(guard, require_member));
+        for auth in [None, Some("Bearer wrong"), Some("s3cret"), Some("Bearer s3cret "), Some("bearer s3cret")] {
+            let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            let status = app.clone().oneshot(request("/raft/x", &headers)).await.unwrap().status();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        }
+        let ok = app.oneshot(request("/raft/x", &[("authorization", "Bearer s3cret")])).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
 
     #[test]
     fn tokens_compare_exactly() {
