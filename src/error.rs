@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use crate::raft::command::FileError;
+use serde::{Deserialize, Serialize};
+
+use crate::names::NameError;
 
 /// Result alias used throughout raftd.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -21,7 +23,7 @@ pub enum Error {
         /// The name as given.
         path: String,
         /// Which rule it broke.
-        reason: &'static str,
+        reason: NameError,
     },
 
     /// A deterministic outcome of applying a command (or of a local lookup).
@@ -88,6 +90,36 @@ impl Error {
         Error::Io { context: context.into(), source }
     }
 }
+
+/// A deterministic failure of a file operation: every replica reaches the same one, so it is
+/// an answer to the client, never a storage fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FileError {
+    /// The path (or a parent) does not exist.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// The target already exists.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A file was found where a directory was needed.
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    /// A directory was found where a file was needed.
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    /// The directory still has entries.
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
+    /// The operation makes no sense for these paths (e.g. moving a directory into itself).
+    #[error("{0}: invalid argument")]
+    Invalid(String),
+    /// A name in the command breaks the naming rules; the message says which rule.
+    #[error("{0}")]
+    InvalidPath(String),
+}
+
+/// What applying one entry produced; `Ok` for raft-internal entries.
+pub type CommandResult = std::result::Result<(), FileError>;
 
 /// Adds context to io results, in the style of `anyhow::Context`, without anyhow.
 pub trait IoContext<T> {

@@ -1,35 +1,40 @@
 //! Small durable-file helpers shared by the log store, the state machine and node identity.
+//! They return `io::Result` with the path in the message; callers add what they were doing.
 
 use std::fs::{self, File};
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+/// Prefixes an io error's message with the path it concerns, keeping its kind.
+fn at<'a>(path: &'a Path, what: &str) -> impl FnOnce(io::Error) -> io::Error + 'a {
+    let what = what.to_string();
+    move |e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new contents,
 /// never a mix: write a sibling temp file, fsync it, rename it over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).context(|| format!("create {}", tmp.display()))?;
-    file.write_all(bytes).context(|| format!("write {}", tmp.display()))?;
-    file.sync_all().context(|| format!("fsync {}", tmp.display()))?;
-    fs::rename(&tmp, path).context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    let mut file = File::create(&tmp).map_err(at(&tmp, "create"))?;
+    file.write_all(bytes).map_err(at(&tmp, "write"))?;
+    file.sync_all().map_err(at(&tmp, "fsync"))?;
+    fs::rename(&tmp, path).map_err(at(path, "rename a temp file to"))?;
     sync_parent(path)
 }
 
 /// fsyncs the directory holding `path`, making a rename or create in it durable.
-pub fn sync_parent(path: &Path) -> Result<()> {
+pub fn sync_parent(path: &Path) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).context(|| format!("fsync directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir, "fsync directory"))
 }
 
-/// Reads a JSON file, `None` if it does not exist.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+/// Reads a JSON file, `None` if it does not exist; invalid JSON is `InvalidData`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| crate::Error::Config(format!("{} is not valid JSON: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(crate::Error::io(format!("read {}", path.display()), e)),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{} is not valid JSON: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(at(path, "read")(e)),
     }
 }

@@ -57,7 +57,8 @@ pub fn resolve(cli: Cli) -> Result<(Config, Identity, Start)> {
         prompt(&format!("{question} [{default}] "), default)
     };
     let info_path = dir.join("info");
-    let identity = match fsutil::read_json::<Identity>(&info_path)? {
+    let stored = fsutil::read_json::<Identity>(&info_path).map_err(|e| Error::Config(e.to_string()))?;
+    let identity = match stored.clone() {
         Some(stored) => {
             check_flag("host", cli.host.as_deref(), &stored.host, &dir)?;
             check_flag("port", cli.port.map(|p| p.to_string()).as_deref(), &stored.port.to_string(), &dir)?;
@@ -103,8 +104,9 @@ pub fn resolve(cli: Cli) -> Result<(Config, Identity, Start)> {
     };
     let config = cli.into_config(identity.host.clone(), identity.port, join)?;
     config.validate()?;
-    if fsutil::read_json::<Identity>(&info_path)?.as_ref() != Some(&identity) {
-        fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))?;
+    if stored.as_ref() != Some(&identity) {
+        fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))
+            .context(|| "save the node's identity".into())?;
     }
     Ok((config, identity, start))
 }

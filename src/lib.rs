@@ -27,6 +27,7 @@ pub mod fsutil;
 pub mod fuse;
 pub mod http;
 pub mod identity;
+pub mod names;
 pub mod node;
 pub mod raft;
 pub mod server;

@@ -27,8 +27,10 @@ use tracing::{debug, info, warn};
 
 use crate::client::{HttpClient, SendError};
 use crate::config::{check_name, Config};
+use crate::error::CommandResult;
 use crate::error::{Error, Result};
-use crate::raft::command::{Chunk, Command, CommandResult, Commit, Data, Delete, Dir, Rename, Touch, Write};
+use crate::names;
+use crate::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, Touch, Write};
 use crate::raft::log_store::LogReader;
 use crate::raft::{NodeId, PeerNode, Raft, TypeConfig, PEER_PREFIX};
 use crate::store::snapshot::Validator;
@@ -189,7 +191,7 @@ impl Node {
 
     /// Replaces a whole file, in chunks if it is larger than one entry may carry.
     pub async fn write_file(&self, name: &str, body: Bytes) -> Result<()> {
-        files::validate(name)?;
+        names::validate(name)?;
         let mut pieces = body.chunks(self.config.chunk_size.max(1));
         let next = || Ok(pieces.next().map(<[u8]>::to_vec));
         self.write_pieces(name, body.len() as u64, files::now_nanos(), next).await
@@ -200,7 +202,7 @@ impl Node {
     /// `mtime` defaults to now.
     pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mtime: Option<u64>) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        files::validate(name)?;
+        names::validate(name)?;
         let len = file.metadata().map_err(|e| Error::io("stat write buffer", e))?.len();
         let chunk = self.config.chunk_size.max(1) as u64;
         let mut offset = 0;
@@ -251,13 +253,13 @@ impl Node {
 
     /// Sets a file's or directory's modification time.
     pub async fn touch(&self, name: &str, mtime: u64) -> Result<()> {
-        files::validate(name)?;
+        names::validate(name)?;
         self.propose(Command::Touch(Touch { filename: name.into(), mtime })).await
     }
 
     /// Removes a file, or an empty directory.
     pub async fn delete(&self, name: &str) -> Result<()> {
-        files::validate(name)?;
+        names::validate(name)?;
         let cmd = match self.store.stat(name) {
             Ok(s) if s.is_dir => Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None }),
             _ => Command::Delete(Delete { filename: name.into(), req: None }),
@@ -267,26 +269,26 @@ impl Node {
 
     /// Removes a file (not a directory).
     pub async fn unlink(&self, name: &str) -> Result<()> {
-        files::validate(name)?;
+        names::validate(name)?;
         self.propose(Command::Delete(Delete { filename: name.into(), req: None })).await
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, name: &str) -> Result<()> {
-        files::validate(name)?;
+        names::validate(name)?;
         self.propose(Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None })).await
     }
 
     /// Creates a directory.
     pub async fn mkdir(&self, name: &str) -> Result<()> {
-        files::validate(name)?;
+        names::validate(name)?;
         self.propose(Command::Mkdir(Dir { dirname: name.into(), mtime: files::now_nanos(), req: None })).await
     }
 
     /// Renames a file or directory.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        files::validate(from)?;
-        files::validate(to)?;
+        names::validate(from)?;
+        names::validate(to)?;
         self.propose(Command::Rename(Rename { from: from.into(), to: to.into(), req: None })).await
     }
 
@@ -461,7 +463,7 @@ impl Node {
     /// client's request: clean names, content within one entry's size.
     pub fn check_forwarded(&self, cmd: &Command) -> Result<()> {
         for name in cmd.names() {
-            files::validate(name)?;
+            names::validate(name)?;
         }
         let limit = (self.config.chunk_size as u64).min(self.config.max_body);
         if cmd.data_len() as u64 > limit {

@@ -13,9 +13,10 @@ use std::path::{Component, Path};
 
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
+use raftd::names;
 use raftd::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, Touch, Write};
 use raftd::raft::{log_format, Entry, LogId};
-use raftd::store::files::{self, Tree};
+use raftd::store::files::Tree;
 use raftd::store::snapshot::{self, Validator};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
@@ -149,7 +150,7 @@ proptest! {
         let names = corpus_names();
         let mutated = String::from_utf8_lossy(&mutate(names[seed % names.len()].as_bytes(), &edits)).to_string();
         for candidate in [mutated, generated] {
-            if files::validate(&candidate).is_ok() {
+            if names::validate(&candidate).is_ok() {
                 let path = Path::new(&candidate);
                 prop_assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{:?}", candidate);
                 prop_assert!(!candidate.contains('\0'));
@@ -211,6 +212,6 @@ fn corpus_is_valid() {
     snapshot::extract(archive.as_slice(), tmp.path()).unwrap();
     // The planted-path example from the security report is in the names corpus and refused.
     assert!(corpus_names().iter().any(|n| n == "../escaped"));
-    assert!(files::validate("../escaped").is_err());
+    assert!(names::validate("../escaped").is_err());
     let _ = LogId::new(CommittedLeaderId::new(1, 0), 1);
 }

@@ -1,7 +1,6 @@
 //! [`Error`] → errno, in one place.
 
-use crate::error::Error;
-use crate::raft::command::FileError;
+use crate::error::{Error, FileError};
 
 /// The errno a FUSE caller sees for each kind of error.
 pub fn errno(err: &Error) -> libc::c_int {
@@ -12,7 +11,7 @@ pub fn errno(err: &Error) -> libc::c_int {
         Error::File(FileError::IsADirectory(_)) => libc::EISDIR,
         Error::File(FileError::NotEmpty(_)) => libc::ENOTEMPTY,
         Error::File(FileError::Invalid(_) | FileError::InvalidPath(_)) => libc::EINVAL,
-        Error::InvalidPath { reason, .. } if reason.contains("longer") => libc::ENAMETOOLONG,
+        Error::InvalidPath { reason, .. } if reason.is_length() => libc::ENAMETOOLONG,
         Error::InvalidPath { .. } | Error::BadRequest(_) => libc::EINVAL,
         Error::TooLarge { .. } => libc::EFBIG,
         // No quorum, no leader, a disk fault: the data did not reach a majority.
@@ -29,8 +28,8 @@ mod tests {
     fn replicated_outcomes_keep_their_meaning() {
         assert_eq!(errno(&FileError::NotEmpty("d".into()).into()), libc::ENOTEMPTY);
         assert_eq!(errno(&Error::Unavailable("no quorum".into())), libc::EIO);
-        let long = crate::store::files::validate(&"x".repeat(300)).unwrap_err();
+        let long = crate::names::validate(&"x".repeat(300)).unwrap_err();
         assert_eq!(errno(&long), libc::ENAMETOOLONG);
-        assert_eq!(errno(&crate::store::files::validate("a/../b").unwrap_err()), libc::EINVAL);
+        assert_eq!(errno(&crate::names::validate("a/../b").unwrap_err()), libc::EINVAL);
     }
 }

@@ -31,11 +31,12 @@ use tracing::debug;
 
 use super::errno::errno;
 use super::handles::{self, locked, Handle, Handles};
-use super::inodes::{self, attr, child_path, Inodes};
+use super::inodes::{self, attr, Inodes};
+use crate::error::FileError;
 use crate::error::{Error, Result};
+use crate::names::{self, child_path};
 use crate::node::Node;
-use crate::raft::command::FileError;
-use crate::store::{files, Stat};
+use crate::store::Stat;
 
 /// How long the kernel may cache attributes and entries: not at all, so a change applied
 /// from another node is seen at the next system call.
@@ -104,7 +105,7 @@ impl Shared {
     fn child(&self, parent: u64, name: &OsStr) -> std::result::Result<String, libc::c_int> {
         let name = name.to_str().ok_or(libc::EINVAL)?;
         let path = child_path(&self.path(parent)?, name);
-        files::validate(&path).map_err(|e| errno(&e))?;
+        names::validate(&path).map_err(|e| errno(&e))?;
         Ok(path)
     }
 
@@ -504,7 +505,7 @@ impl Filesystem for RaftFs {
             Ok(c) => c,
             Err(e) => return reply.error(errno(&e)),
         };
-        let parent_ino = shared.known(inodes::split(&path).0).unwrap_or(inodes::ROOT);
+        let parent_ino = shared.known(names::split(&path).0).unwrap_or(inodes::ROOT);
         let mut entries =
             vec![(ino, FileType::Directory, ".".to_string()), (parent_ino, FileType::Directory, "..".to_string())];
         {
@@ -539,7 +540,7 @@ impl Filesystem for RaftFs {
             st.f_files,
             st.f_ffree,
             st.f_bsize as u32,
-            files::MAX_COMPONENT as u32,
+            names::MAX_COMPONENT as u32,
             st.f_frsize as u32,
         );
     }

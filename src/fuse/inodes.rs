@@ -82,23 +82,6 @@ impl Inodes {
     }
 }
 
-/// Joins a directory path and a child name.
-pub fn child_path(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_string()
-    } else {
-        format!("{parent}/{name}")
-    }
-}
-
-/// Splits a path into its parent path and last component.
-pub fn split(path: &str) -> (&str, &str) {
-    match path.rsplit_once('/') {
-        Some((parent, name)) => (parent, name),
-        None => ("", path),
-    }
-}
-
 /// FUSE attributes for a replicated entry. Permissions are fixed (0755 directories, 0644
 /// files, owned by the mounting user): the tree replicates contents and times, not modes.
 pub fn attr(ino: u64, stat: &Stat, uid: u32, gid: u32) -> FileAttr {
@@ -139,13 +122,5 @@ mod tests {
         assert_eq!(t.get("dx"), Some(other), "a sibling sharing the prefix is untouched");
         assert_eq!(t.path(target), None, "the replaced target's number no longer resolves");
         assert_eq!(t.get("d"), None);
-    }
-
-    #[test]
-    fn paths_split_and_join() {
-        assert_eq!(split("a/b/c"), ("a/b", "c"));
-        assert_eq!(split("top"), ("", "top"));
-        assert_eq!(child_path("", "x"), "x");
-        assert_eq!(child_path("a", "x"), "a/x");
     }
 }

@@ -14,8 +14,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::names;
 use crate::node::{Node, Status};
-use crate::store::files;
 
 /// `?consistency=` values.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub async fn get_file(
 ) -> Result<Response> {
     let name = path.map(|Path(p)| p).unwrap_or_default();
     if !name.is_empty() {
-        files::validate(&name)?;
+        names::validate(&name)?;
     }
     if params.consistency == Consistency::Linearizable {
         node.read_barrier().await?;
@@ -68,7 +68,7 @@ pub async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode> {
-    files::validate(&name)?;
+    names::validate(&name)?;
     let bytes = read_body(&node, &headers, body).await?;
     node.write_file(&name, bytes).await?;
     Ok(StatusCode::OK)

@@ -3,8 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::Error;
-use crate::raft::command::FileError;
+use crate::error::{Error, FileError};
 
 /// The status code a client sees for each kind of error.
 pub fn status_of(err: &Error) -> StatusCode {

@@ -135,7 +135,8 @@ fn log_id(term: u64, index: u64) -> LogId {
 impl LogStore {
     /// Opens (or creates) the log in `dir`, verifying every line.
     pub fn open(dir: &Path) -> Result<Self> {
-        let last_purged: Option<LogId> = fsutil::read_json(&dir.join("purged"))?.flatten();
+        let last_purged: Option<LogId> =
+            fsutil::read_json(&dir.join("purged")).context(|| "read the purge point".into())?.flatten();
         let mut log = load(&dir.join(LOG_FILE), last_purged)?;
         if log.entries.front().map(|&(offset, _)| offset > 0).unwrap_or(log.end > 0 && log.entries.is_empty()) {
             // Lines at or below the purge point survived a crash during purge: finish it.
@@ -241,12 +242,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         debug!(%vote, "save vote");
         let bytes = serde_json::to_vec(vote).map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e.into()))?;
         fsutil::write_atomic(&self.shared.dir.join("vote"), &bytes)
-            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, std::io::Error::other(e.to_string())))
+            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        fsutil::read_json(&self.shared.dir.join("vote"))
-            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Read, std::io::Error::other(e.to_string())))
+        fsutil::read_json(&self.shared.dir.join("vote")).map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -321,8 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash after this leaves stale lines that `open`
         // drops, never a log whose first entry has an unknown predecessor.
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| err(e.into()))?;
-        fsutil::write_atomic(&self.shared.dir.join("purged"), &bytes)
-            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        fsutil::write_atomic(&self.shared.dir.join("purged"), &bytes).map_err(err)?;
         let mut log = self.shared.log.write().expect("log lock poisoned");
         log.last_purged = Some(log_id);
         if log_id.index < log.first_index {
@@ -342,7 +341,7 @@ fn rewrite_from(log: &mut LogFile, keep_from: u64) -> std::io::Result<()> {
     std::fs::write(&tmp, &tail)?;
     File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &log.path)?;
-    fsutil::sync_parent(&log.path).map_err(|e| std::io::Error::other(e.to_string()))?;
+    fsutil::sync_parent(&log.path)?;
     log.file = Arc::new(open_rw(&log.path)?);
     let drop_count = (keep_from - log.first_index).min(log.entries.len() as u64) as usize;
     log.entries.drain(..drop_count);

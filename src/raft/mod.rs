@@ -14,7 +14,9 @@ pub mod network;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, CommandResult};
+pub use command::Command;
+
+use crate::error::CommandResult;
 
 /// A node's Raft identity: random at creation, kept in the data directory's `info` file.
 /// Names (`host:port`) are for people and routing; ids never change, so a wiped node that

@@ -25,48 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
 use super::beneath::Beneath;
-use crate::error::{Error, Result};
-use crate::raft::command::{Chunk, Command, Commit, Data, FileError};
-
-/// Longest accepted path component, in bytes (the usual filesystem limit).
-pub const MAX_COMPONENT: usize = 255;
-/// Longest accepted path, in bytes.
-pub const MAX_PATH: usize = 1024;
-/// Deepest accepted nesting.
-pub const MAX_DEPTH: usize = 32;
-
-/// Checks that `name` is a clean relative path: `/`-separated normal components, none empty,
-/// `.` or `..`, no NUL, within the length limits. Names that pass can only ever resolve
-/// inside the tree, because raftd never creates symlinks there.
-pub fn validate(name: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidPath { path: name.to_string(), reason });
-    if name.is_empty() {
-        return bad("empty path");
-    }
-    if name.len() > MAX_PATH {
-        return bad("path longer than 1024 bytes");
-    }
-    if name.contains('\0') {
-        return bad("NUL byte in path");
-    }
-    if name.starts_with('/') {
-        return bad("absolute path");
-    }
-    let mut depth = 0;
-    for component in name.split('/') {
-        depth += 1;
-        match component {
-            "" => return bad("empty path component"),
-            "." | ".." => return bad("`.` and `..` are not allowed"),
-            c if c.len() > MAX_COMPONENT => return bad("path component longer than 255 bytes"),
-            _ => {}
-        }
-    }
-    if depth > MAX_DEPTH {
-        return bad("more than 32 path components");
-    }
-    Ok(())
-}
+use crate::error::FileError;
+use crate::names;
+use crate::raft::command::{Chunk, Command, Commit, Data};
 
 /// Converts a command's nanosecond timestamp to a `SystemTime`.
 pub fn time_from_nanos(nanos: u64) -> SystemTime {
@@ -114,7 +75,7 @@ fn settle(name: &str, r: io::Result<()>) -> Applied {
 /// reaches: names are checked where commands are applied, not only where requests enter,
 /// because a command can also arrive through peer RPC, a snapshot or the log file itself.
 fn checked(name: &str) -> Result<(), FileError> {
-    validate(name).map_err(|e| FileError::InvalidPath(e.to_string()))
+    names::check(name).map_err(|why| FileError::InvalidPath(format!("invalid path {name:?}: {why}")))
 }
 
 /// The replicated tree and its staging areas.
@@ -308,22 +269,6 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clean_names_pass() {
-        for name in ["foo", "a/b/c", "with space", "ünïcode", "log", "info", ".hidden", "a..b"] {
-            validate(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-    }
-
-    #[test]
-    fn dangerous_names_are_refused() {
-        let long = "x".repeat(256);
-        let deep = vec!["d"; 33].join("/");
-        for name in ["", "/etc/passwd", "..", "../x", "a/../../x", "a/./b", "a//b", "a/", "nul\0", &long, &deep] {
-            assert!(validate(name).is_err(), "{name:?} should be refused");
-        }
-    }
 
     #[test]
     fn operations_give_deterministic_outcomes() {

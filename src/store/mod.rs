@@ -19,8 +19,7 @@ use tokio::sync::broadcast;
 pub use files::Tree;
 pub use state_machine::StateMachine;
 
-use crate::error::{Error, Result};
-use crate::raft::command::FileError;
+use crate::error::{Error, FileError, Result};
 
 /// How many change notices a slow subscriber may lag before it is told to reset.
 pub const CHANGE_FEED_CAPACITY: usize = 4096;

@@ -27,8 +27,10 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{self, time_from_nanos};
-use crate::raft::command::{CommandResult, RequestId};
+use super::files::time_from_nanos;
+use crate::error::CommandResult;
+use crate::names;
+use crate::raft::command::RequestId;
 use crate::raft::SnapshotMeta;
 
 const MAGIC: &str = "raftd-snapshot 1";
@@ -195,7 +197,7 @@ impl Layout {
             Record::File { path, .. } => (path, false),
         };
         let rest = path.strip_prefix("files/").or_else(|| path.strip_prefix("uploads/"));
-        if rest.is_none_or(|r| files::validate(r).is_err()) {
+        if rest.is_none_or(|r| names::check(r).is_err()) {
             return Err(invalid(format!("bad path {path:?} in snapshot")));
         }
         let parent = path.rsplit_once('/').map_or("", |(p, _)| p);

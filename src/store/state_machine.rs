@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 use super::files::Tree;
 use super::snapshot::{self, Header};
 use super::Change;
-use crate::raft::command::{CommandResult, RequestId};
+use crate::error::CommandResult;
+use crate::raft::command::RequestId;
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many recent request ids the state machine remembers for de-duplication.

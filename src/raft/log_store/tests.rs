@@ -131,7 +131,7 @@ async fn retried_commands_are_answered_not_reapplied() {
     let results = sm.apply([entry(1, 0), delete(1, 42), delete(2, 42), delete(3, 43)]).await.unwrap();
     assert_eq!(results[1], Ok(()));
     assert_eq!(results[2], Ok(()), "the retry gets the first answer, not NotFound");
-    assert!(matches!(results[3], Err(crate::raft::command::FileError::NotFound(_))), "a new request is applied");
+    assert!(matches!(results[3], Err(crate::error::FileError::NotFound(_))), "a new request is applied");
 }
 
 #[tokio::test]
