@@ -20,6 +20,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::config::Config;
 use crate::error::Result;
 
+/// Request header carrying how many milliseconds the caller will still wait for the answer:
+/// a leader serving a forwarded request never waits longer than its caller.
+pub const DEADLINE_HEADER: &str = "raftd-deadline-ms";
+
 /// How long an idle pooled connection to a peer is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
@@ -118,11 +122,27 @@ impl HttpClient {
         body: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Response, SendError> {
+        self.send_with(method, addr, path, body, timeout, None).await
+    }
+
+    /// [`send`](Self::send), optionally telling the peer the caller's deadline.
+    async fn send_with(
+        &self,
+        method: Method,
+        addr: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+        deadline_header: Option<Duration>,
+    ) -> Result<Response, SendError> {
         let uri = format!("{}://{addr}{path}", self.scheme);
         let mut request =
             Request::builder().method(method).uri(&uri).header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(auth) = &self.auth {
             request = request.header(hyper::header::AUTHORIZATION, auth.clone());
+        }
+        if let Some(left) = deadline_header {
+            request = request.header(DEADLINE_HEADER, left.as_millis().to_string());
         }
         let request =
             request.body(Full::new(body.into())).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
@@ -155,6 +175,19 @@ impl HttpClient {
     ) -> Result<Response, SendError> {
         let body = serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
         self.send(Method::POST, addr, path, body, timeout).await
+    }
+
+    /// POSTs `value` as JSON to a peer that should give up when the caller does: the request
+    /// carries `timeout` in [`DEADLINE_HEADER`].
+    pub async fn post_json_within<T: Serialize + ?Sized>(
+        &self,
+        addr: &str,
+        path: &str,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<Response, SendError> {
+        let body = serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
+        self.send_with(Method::POST, addr, path, body, timeout, Some(timeout)).await
     }
 }
 

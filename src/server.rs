@@ -24,8 +24,8 @@ use crate::identity::{Identity, Start};
 use crate::node::{JoinRequest, Node};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
-use crate::raft::{PeerNode, Raft};
-use crate::store::{FileStore, StateMachine};
+use crate::raft::{PeerNode, PeerRoute, Raft};
+use crate::store::StateMachine;
 
 /// How long a new node keeps asking its seed to add it before giving up.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
@@ -55,10 +55,9 @@ pub async fn serve(
 ) -> Result<()> {
     let dir = &config.data_dir;
     let log_store = LogStore::open(dir)?;
-    let (log_reader, committed) = (log_store.reader(), log_store.committed_handle());
-    let store = FileStore::open(dir)?;
-    let state_machine = StateMachine::open(dir, store.tree().clone(), store.change_sender())
-        .context(|| format!("open state machine in {}", dir.display()))?;
+    let log_reader = log_store.reader();
+    let (state_machine, store) =
+        StateMachine::open(dir).context(|| format!("open state machine in {}", dir.display()))?;
     let clean_shutdown = state_machine.shutdown_handle();
     let client = HttpClient::for_cluster(&config)?;
     let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
@@ -70,8 +69,7 @@ pub async fn serve(
     let raft = Raft::new(identity.id, raft_config, Network::new(client.clone()), log_store, state_machine)
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-    let node =
-        Arc::new(Node::new(identity.id, raft.clone(), store, log_reader, committed, client.clone(), config.clone()));
+    let node = Arc::new(Node::new(identity.id, raft.clone(), store, log_reader, client.clone(), config.clone()));
 
     let app = crate::http::router(node.clone());
     let stopping = {
@@ -140,7 +138,7 @@ async fn join(client: &HttpClient, seed: &str, identity: &Identity) -> Result<()
     let req = JoinRequest { id: identity.id, name: identity.name.clone() };
     let deadline = Instant::now() + JOIN_DEADLINE;
     loop {
-        let why = match client.post_json(seed, "/cluster/join", &req, JOIN_DEADLINE).await {
+        let why = match client.post_json(seed, PeerRoute::ClusterJoin.path(), &req, JOIN_DEADLINE).await {
             Ok(resp) if resp.status.is_success() => {
                 info!(seed, "joined the cluster");
                 return Ok(());

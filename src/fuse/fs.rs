@@ -524,7 +524,7 @@ impl Filesystem for RaftFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        let root = self.shared.node.store().tree().root.clone();
+        let root = self.shared.node.store().root().to_path_buf();
         let c_path = match std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) {
             Ok(p) => p,
             Err(_) => return reply.error(libc::EIO),

@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::node::Node;
+use crate::raft::PeerRoute;
 use guard::{Limits, PeerGuard};
 
 /// Extra time a peer request may take beyond the request timeout before it is cut off.
@@ -42,22 +43,25 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(api::status))
         .route("/log", get(api::log))
         .layer(from_fn_with_state(Limits::new(guard::MAX_CLIENT_REQUESTS, None), guard::limit));
-    let peer = Router::new()
-        .route("/append", post(peer::append))
-        .route("/vote", post(peer::vote))
-        .route("/snapshot", post(peer::snapshot))
-        .route("/propose", post(peer::propose))
-        .route("/read-index", post(peer::read_index))
-        .route("/join", post(peer::join))
-        .route("/remove", post(peer::remove))
-        .route("/removed", post(peer::removed));
     let guard =
         Arc::new(PeerGuard::new(config.cluster_token.as_deref(), config.tls.as_ref().is_some_and(|t| t.ca.is_some())));
     let deadline = config.request_timeout + config.election_timeout * 2 + PEER_DEADLINE_SLACK;
-    let member = Router::new()
-        .route("/cluster/join", post(admin::join))
-        .route("/cluster/remove", post(admin::remove))
-        .nest(crate::raft::PEER_PREFIX, peer)
+    let member = PeerRoute::ALL.into_iter().fold(Router::new(), |router, route| {
+        let handler = match route {
+            PeerRoute::Append => post(peer::append),
+            PeerRoute::Vote => post(peer::vote),
+            PeerRoute::Snapshot => post(peer::snapshot),
+            PeerRoute::Propose => post(peer::propose),
+            PeerRoute::ReadIndex => post(peer::read_index),
+            PeerRoute::Join => post(peer::join),
+            PeerRoute::Remove => post(peer::remove),
+            PeerRoute::Removed => post(peer::removed),
+            PeerRoute::ClusterJoin => post(admin::join),
+            PeerRoute::ClusterRemove => post(admin::remove),
+        };
+        router.route(route.path(), handler)
+    });
+    let member = member
         .layer(DefaultBodyLimit::max(config.peer_body_limit()))
         .layer(from_fn_with_state(guard, guard::require_member))
         .layer(from_fn_with_state(

@@ -4,15 +4,17 @@
 //! reaches Raft. The guard in front of these routes has already checked who is calling.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Deserialize;
 use tracing::debug;
 
+use crate::client::DEADLINE_HEADER;
 use crate::node::{JoinRequest, Node, RemoveRequest};
 use crate::raft::command::Command;
 use crate::raft::inbound::{check_append, check_vote};
@@ -27,6 +29,14 @@ pub struct Target {
 fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
     debug!(%why, "refused a peer message");
     (status, format!("{why}\n")).into_response()
+}
+
+/// How long a forwarded request may take: what its caller has left (the deadline header),
+/// never more than this node's own request timeout.
+fn caller_deadline(node: &Node, headers: &HeaderMap) -> Duration {
+    let own = node.config().request_timeout;
+    let left = headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    left.map_or(own, |ms| own.min(Duration::from_millis(ms)))
 }
 
 fn misdirected(node: &Node, target: NodeId) -> Option<Response> {
@@ -86,29 +96,29 @@ pub async fn snapshot(
 }
 
 /// `POST /raft/propose`: a forwarded command, run only if this node leads.
-pub async fn propose(State(node): State<Arc<Node>>, Json(cmd): Json<Command>) -> Response {
+pub async fn propose(State(node): State<Arc<Node>>, headers: HeaderMap, Json(cmd): Json<Command>) -> Response {
     if let Err(e) = node.check_forwarded(&cmd) {
         return e.into_response();
     }
-    let timeout = node.config().request_timeout;
+    let timeout = caller_deadline(&node, &headers);
     Json(node.propose_local(cmd, timeout).await).into_response()
 }
 
 /// `POST /raft/read-index`: confirm leadership, answer the read index.
-pub async fn read_index(State(node): State<Arc<Node>>) -> Response {
-    let timeout = node.config().request_timeout;
+pub async fn read_index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let timeout = caller_deadline(&node, &headers);
     Json(node.read_index_local(timeout).await).into_response()
 }
 
 /// `POST /raft/join`: a forwarded join.
-pub async fn join(State(node): State<Arc<Node>>, Json(req): Json<JoinRequest>) -> Response {
-    let timeout = node.config().request_timeout;
+pub async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, Json(req): Json<JoinRequest>) -> Response {
+    let timeout = caller_deadline(&node, &headers);
     Json(node.join_local(req, timeout).await).into_response()
 }
 
 /// `POST /raft/remove`: a forwarded removal.
-pub async fn remove(State(node): State<Arc<Node>>, Json(req): Json<RemoveRequest>) -> Response {
-    let timeout = node.config().request_timeout;
+pub async fn remove(State(node): State<Arc<Node>>, headers: HeaderMap, Json(req): Json<RemoveRequest>) -> Response {
+    let timeout = caller_deadline(&node, &headers);
     Json(node.remove_local(req, timeout).await).into_response()
 }
 

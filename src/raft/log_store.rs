@@ -159,14 +159,14 @@ impl LogStore {
     pub fn reader(&self) -> LogReader {
         LogReader { shared: self.shared.clone() }
     }
-
-    /// Highest committed index + 1 (0 before anything is committed), updated by openraft.
-    pub fn committed_handle(&self) -> Arc<AtomicU64> {
-        self.shared.committed.clone()
-    }
 }
 
 impl LogReader {
+    /// The highest index known committed (as openraft last saved it), if any.
+    pub fn committed(&self) -> Option<u64> {
+        self.shared.committed.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     /// The raw text of the present log, exactly as in the file.
     pub fn text(&self) -> std::io::Result<Vec<u8>> {
         let log = self.shared.log.read().expect("log lock poisoned");

@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod log_format;
 pub mod log_store;
 pub mod network;
+pub mod routes;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +55,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// A snapshot's metadata.
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, PeerNode>;
 
-/// Route prefix under which peers talk to each other; clients never need it.
-pub const PEER_PREFIX: &str = "/raft";
+pub use routes::{PeerRoute, PEER_PREFIX};
 
 /// Builds a storage error from an io error, naming what was being done.
 pub(crate) fn storage_io(

@@ -18,7 +18,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::debug;
 
-use super::{NodeId, PeerNode, TypeConfig, PEER_PREFIX};
+use super::{NodeId, PeerNode, PeerRoute, TypeConfig};
 use crate::client::{HttpClient, SendError};
 
 /// Hands out per-peer connections that share one pool.
@@ -51,13 +51,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>;
 
 impl PeerConn {
-    async fn call<Req, Resp, E>(&self, rpc: &str, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(&self, rpc: PeerRoute, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let path = format!("{PEER_PREFIX}/{rpc}?target={}", self.target);
+        let path = rpc.to(self.target);
         let response = self.client.post_json(&self.addr, &path, req, ttl).await.map_err(|e| match e {
             SendError::Connect(..) => RPCError::Unreachable(Unreachable::new(&e)),
             other => RPCError::Network(NetworkError::new(&other)),
@@ -79,7 +79,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         debug!(to = %self.addr, term = rpc.vote.leader_id().term, entries = rpc.entries.len(), commit = ?rpc.leader_commit.map(|c| c.index), "send append");
-        self.call("append", &rpc, option.hard_ttl()).await
+        self.call(PeerRoute::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -88,11 +88,11 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         debug!(to = %self.addr, offset = rpc.offset, len = rpc.data.len(), done = rpc.done, "send snapshot chunk");
-        self.call("snapshot", &rpc, option.hard_ttl()).await
+        self.call(PeerRoute::Snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
         debug!(to = %self.addr, vote = %rpc.vote, "send vote request");
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(PeerRoute::Vote, &rpc, option.hard_ttl()).await
     }
 }

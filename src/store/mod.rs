@@ -60,21 +60,14 @@ fn not_found(name: &str) -> impl FnOnce(io::Error) -> Error + '_ {
 }
 
 impl FileStore {
-    /// Opens the tree under `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self> {
-        let tree = Tree::open(data_dir).map_err(|e| Error::io(format!("open {}", data_dir.display()), e))?;
-        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
-        Ok(FileStore { tree, changes })
+    /// The read side of the state machine's tree; `StateMachine::open` makes it.
+    pub(crate) fn new(tree: Tree, changes: broadcast::Sender<Change>) -> Self {
+        FileStore { tree, changes }
     }
 
-    /// The tree's layout, for the state machine.
-    pub fn tree(&self) -> &Tree {
-        &self.tree
-    }
-
-    /// The sender the state machine announces changes on.
-    pub fn change_sender(&self) -> broadcast::Sender<Change> {
-        self.changes.clone()
+    /// The directory holding the tree (`DATA_DIR/files`), e.g. for `statfs`.
+    pub fn root(&self) -> &Path {
+        &self.tree.root
     }
 
     /// Subscribes to applied changes.

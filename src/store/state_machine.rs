@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::files::Tree;
 use super::snapshot::{self, Header};
-use super::Change;
+use super::{Change, FileStore, CHANGE_FEED_CAPACITY};
 use crate::error::CommandResult;
 use crate::raft::command::RequestId;
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -125,8 +125,12 @@ fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl Fn(std::io::Error
 }
 
 impl StateMachine {
-    /// Opens the state machine in `data_dir`, cleaning up what a crash mid-snapshot left.
-    pub fn open(data_dir: &Path, tree: Tree, changes: broadcast::Sender<Change>) -> std::io::Result<Self> {
+    /// Opens the state machine in `data_dir`, cleaning up what a crash mid-snapshot left, and
+    /// the read side of its tree that the front ends use.
+    pub fn open(data_dir: &Path) -> std::io::Result<(Self, FileStore)> {
+        let tree = Tree::open(data_dir)?;
+        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let store = FileStore::new(tree.clone(), changes.clone());
         let snapshots = data_dir.join("snapshots");
         fs::create_dir_all(&snapshots)?;
         let mut current: Option<(SnapshotMeta, PathBuf)> = None;
@@ -173,7 +177,7 @@ impl StateMachine {
         if !clean && !fresh {
             shared.recover()?;
         }
-        Ok(StateMachine { shared: Arc::new(shared) })
+        Ok((StateMachine { shared: Arc::new(shared) }, store))
     }
 
     /// A handle the server uses to record a clean stop, after Raft has stopped applying.

@@ -6,7 +6,7 @@ use openraft::{CommittedLeaderId, EntryPayload};
 
 use super::*;
 use crate::raft::command::{Command, Data, Write};
-use crate::store::{FileStore, StateMachine};
+use crate::store::StateMachine;
 
 /// Builds the real file-backed stores in a fresh temp dir; the guard keeps it alive.
 struct FileStoreBuilder;
@@ -15,8 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fil
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = LogStore::open(dir.path()).expect("open log");
-        let files = FileStore::open(dir.path()).expect("open files");
-        let sm = StateMachine::open(dir.path(), files.tree().clone(), files.change_sender()).expect("open sm");
+        let (sm, _) = StateMachine::open(dir.path()).expect("open sm");
         Ok((dir, log, sm))
     }
 }
@@ -121,8 +120,7 @@ async fn damage_before_the_end_refuses_to_load() {
 async fn retried_commands_are_answered_not_reapplied() {
     use crate::raft::command::Delete;
     let dir = tempfile::tempdir().unwrap();
-    let files = FileStore::open(dir.path()).unwrap();
-    let mut sm = StateMachine::open(dir.path(), files.tree().clone(), files.change_sender()).unwrap();
+    let (mut sm, _) = StateMachine::open(dir.path()).unwrap();
     let delete = |index, req| Entry {
         log_id: log_id(1, index),
         payload: EntryPayload::Normal(Command::Delete(Delete { filename: "f0".into(), req: Some(req) })),
@@ -137,10 +135,7 @@ async fn retried_commands_are_answered_not_reapplied() {
 #[tokio::test]
 async fn state_machine_resumes_from_its_marker() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let files = FileStore::open(dir.path()).unwrap();
-        StateMachine::open(dir.path(), files.tree().clone(), files.change_sender()).unwrap()
-    };
+    let open = || StateMachine::open(dir.path()).unwrap().0;
     let mut sm = open();
     let results = sm.apply((0..3).map(|i| entry(1, i))).await.unwrap();
     assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);

@@ -1,0 +1,156 @@
+//! The leader-side halves of operations: what runs on the leader, whether the request came
+//! from a front end on this node or was forwarded by another node.
+//!
+//! A leader refuses work once it has not heard from a majority for the quorum lease
+//! (openraft 0.9 has no check-quorum): a partitioned leader answers 503 quickly instead of
+//! accepting writes that cannot commit.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::{JoinRequest, LeaderReply, Node, Refusal, RemoveRequest};
+use crate::config::check_name;
+use crate::error::CommandResult;
+use crate::raft::command::Command;
+use crate::raft::routes::PeerRoute;
+use crate::raft::{NodeId, PeerNode};
+
+/// A command's outcome and the log index it was applied at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    /// Log index of the entry.
+    pub index: u64,
+    /// What applying it produced.
+    pub result: CommandResult,
+}
+
+impl Node {
+    /// Refuses if this node is not a leader in good standing.
+    fn check_leader(&self) -> LeaderReply<()> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader {
+            return Err(Refusal::NotLeader);
+        }
+        let lease = self.config.quorum_lease();
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms > lease.as_millis() as u64 => Err(Refusal::Unavailable(format!(
+                "no quorum: leader {} has not heard from a majority for {ms} ms",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- leader-side halves (also the targets of forwarded requests) ------------------
+
+    /// Appends and commits a command on this node, which must be the leader.
+    pub async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<Applied> {
+        self.check_leader()?;
+        debug!(name = cmd.name(), "propose");
+        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok(Applied { index: resp.log_id.index, result: resp.data }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+            Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+            Err(_) => Err(Refusal::Unavailable(format!(
+                "not committed within {timeout:?} (no quorum?); the write may still be applied later"
+            ))),
+        }
+    }
+
+    /// Confirms leadership with a quorum and returns the index a linearizable read must see.
+    pub async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
+        self.check_leader()?;
+        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(Refusal::Unavailable(format!("no quorum: {e}")))
+            }
+            Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+            Err(_) => Err(Refusal::Unavailable(format!("no quorum confirmed leadership within {timeout:?}"))),
+        }
+    }
+
+    /// Adds a learner and promotes it to voter; idempotent.
+    pub async fn join_local(&self, req: JoinRequest, timeout: Duration) -> LeaderReply<()> {
+        check_name(&req.name).map_err(Refusal::Rejected)?;
+        self.check_leader()?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        if let Some((other, _)) = membership.nodes().find(|(id, n)| n.name == req.name && **id != req.id) {
+            return Err(Refusal::Rejected(format!(
+                "{} is already the name of member {other}; remove it first (POST /cluster/remove)",
+                req.name
+            )));
+        }
+        if membership.voter_ids().any(|id| id == req.id) {
+            return Ok(());
+        }
+        info!(id = req.id, name = %req.name, "adding node");
+        let node = PeerNode { name: req.name.clone() };
+        let deadline = Instant::now() + timeout;
+        let added = tokio::time::timeout(timeout, self.raft.add_learner(req.id, node, true)).await;
+        membership_outcome(added)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
+        membership_outcome(tokio::time::timeout(remaining, self.raft.change_membership(change, false)).await)
+    }
+
+    /// Removes a member; tells it so, so it stops campaigning.
+    pub async fn remove_local(&self, req: RemoveRequest, timeout: Duration) -> LeaderReply<()> {
+        self.check_leader()?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        let Some(id) = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id) else {
+            return Err(Refusal::Rejected(format!("no member is named {}", req.name)));
+        };
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        if is_voter && membership.voter_ids().count() == 1 {
+            return Err(Refusal::Rejected(format!(
+                "{} is the last voting member; a cluster cannot remove it",
+                req.name
+            )));
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        info!(id, name = %req.name, "removing node");
+        membership_outcome(tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await)?;
+        if id != self.id {
+            let path = PeerRoute::Removed.to(id);
+            if let Err(e) = self.client.post_json(&req.name, &path, &(), Duration::from_secs(1)).await {
+                debug!(cause = %e, "could not tell the removed node");
+            }
+        }
+        Ok(())
+    }
+}
+
+type MembershipResult<T> = std::result::Result<
+    std::result::Result<T, RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>>,
+    tokio::time::error::Elapsed,
+>;
+
+fn membership_outcome<T>(r: MembershipResult<T>) -> LeaderReply<()> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))) => {
+            Err(Refusal::Busy)
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(Refusal::Rejected(e.to_string()))
+        }
+        Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+        Err(_) => Err(Refusal::Unavailable("membership change did not commit in time".into())),
+    }
+}

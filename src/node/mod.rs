@@ -1,0 +1,337 @@
+//! The one door from the front ends (HTTP, FUSE) into consensus.
+//!
+//! Every mutation and every linearizable read needs the leader. A front end calls [`Node`]
+//! on whichever node the client reached; `Node` runs the operation locally when this node
+//! leads and otherwise forwards it to the leader over peer RPC (`/raft/propose`,
+//! `/raft/read-index`, …), retrying across elections until the request deadline. Each
+//! proposal carries a request id fixed before the first attempt, so a retry of a command
+//! that did commit is answered from the state machine's de-duplication table, not re-applied.
+//!
+//! A leader refuses work once it has not heard from a majority for the quorum lease
+//! (openraft 0.9 has no check-quorum): a partitioned leader answers 503 quickly instead of
+//! accepting writes that cannot commit.
+
+mod forward;
+mod inbound;
+mod leader;
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+pub use forward::{LeaderReply, Refusal, RETRY_INTERVAL};
+pub use leader::Applied;
+
+use crate::client::HttpClient;
+use crate::config::{check_name, Config};
+use crate::error::{Error, Result};
+use crate::names;
+use crate::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, Touch, Write};
+use crate::raft::log_store::LogReader;
+use crate::raft::routes::PeerRoute;
+use crate::raft::{NodeId, Raft};
+use crate::store::snapshot::Validator;
+use crate::store::{files, FileStore};
+
+/// A join request: the new member's id and advertised name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Raft id of the joining node.
+    pub id: NodeId,
+    /// Its advertised `host:port`.
+    pub name: String,
+}
+
+/// A removal request, by advertised name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// The member's `host:port`.
+    pub name: String,
+}
+
+/// What `GET /status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's advertised name.
+    pub name: String,
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    /// The leader's name, if one is known.
+    pub leader: Option<String>,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit_index: Option<u64>,
+    /// Highest index applied to the local files.
+    pub applied_index: Option<u64>,
+    /// Highest index in the local log.
+    pub last_log_index: Option<u64>,
+    /// Index up to which the log is compacted into the snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Voting members' names.
+    pub members: Vec<String>,
+    /// Non-voting members' names.
+    pub learners: Vec<String>,
+    /// On a leader: time since a majority last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// The handle front ends share.
+pub struct Node {
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// This node's advertised name.
+    pub name: String,
+    raft: Raft,
+    store: FileStore,
+    log: LogReader,
+    client: HttpClient,
+    config: Config,
+    /// Signalled when the cluster removes this node, so the server shuts down.
+    removed: tokio::sync::Notify,
+    /// The snapshot being received from the leader, checked piece by piece before openraft
+    /// stores it. std lock: held only while checking one piece.
+    incoming_snapshot: std::sync::Mutex<Option<(String, Validator)>>,
+}
+
+impl Node {
+    /// Wires the handle; `server` builds the parts.
+    pub fn new(id: NodeId, raft: Raft, store: FileStore, log: LogReader, client: HttpClient, config: Config) -> Self {
+        let name = config.name();
+        Node {
+            id,
+            name,
+            raft,
+            store,
+            log,
+            client,
+            config,
+            removed: Default::default(),
+            incoming_snapshot: Default::default(),
+        }
+    }
+
+    /// The local replica's read API.
+    pub fn store(&self) -> &FileStore {
+        &self.store
+    }
+
+    /// The Raft handle, for peer RPC handlers.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The log file's text, as `GET /log` serves it.
+    pub fn log_text(&self) -> Result<Vec<u8>> {
+        self.log.text().map_err(|e| Error::io("read log", e))
+    }
+
+    /// Resolves when the cluster has removed this node.
+    pub async fn removed(&self) {
+        self.removed.notified().await
+    }
+
+    /// Marks this node removed (told so by the leader).
+    pub fn mark_removed(&self) {
+        warn!("this node was removed from the cluster; shutting down");
+        self.removed.notify_one();
+    }
+
+    // ---- operations any front end may call on any node -------------------------------
+
+    /// Replaces a whole file, in chunks if it is larger than one entry may carry.
+    pub async fn write_file(&self, name: &str, body: Bytes) -> Result<()> {
+        names::validate(name)?;
+        let mut pieces = body.chunks(self.config.chunk_size.max(1));
+        let next = || Ok(pieces.next().map(<[u8]>::to_vec));
+        self.write_pieces(name, body.len() as u64, files::now_nanos(), next).await
+    }
+
+    /// Replaces a whole file with the contents of a local file, reading one chunk at a time so
+    /// memory stays bounded whatever the size (FUSE buffers writes in such files).
+    /// `mtime` defaults to now.
+    pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mtime: Option<u64>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        names::validate(name)?;
+        let len = file.metadata().map_err(|e| Error::io("stat write buffer", e))?.len();
+        let chunk = self.config.chunk_size.max(1) as u64;
+        let mut offset = 0;
+        let next = || {
+            if offset >= len {
+                return Ok(None);
+            }
+            let mut buf = vec![0; chunk.min(len - offset) as usize];
+            file.read_exact_at(&mut buf, offset).map_err(|e| Error::io("read write buffer", e))?;
+            offset += buf.len() as u64;
+            Ok(Some(buf))
+        };
+        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), next).await
+    }
+
+    /// One `file:write` when `len` fits in an entry; else `file:chunk`s and a `file:commit`
+    /// (or an abort if any piece fails).
+    async fn write_pieces(
+        &self,
+        name: &str,
+        len: u64,
+        mtime: u64,
+        mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
+    ) -> Result<()> {
+        if len <= self.config.chunk_size as u64 {
+            let data = Data(next()?.unwrap_or_default());
+            return self.propose(Command::Write(Write { filename: name.into(), data, mtime, req: None })).await;
+        }
+        let upload: u64 = rand::random();
+        let staged = async {
+            let mut seq = 0;
+            while let Some(piece) = next()? {
+                self.propose(Command::Chunk(Chunk { upload, seq, data: Data(piece) })).await?;
+                seq += 1;
+            }
+            let commit = Commit { upload, filename: Some(name.into()), mtime, req: None };
+            self.propose(Command::Commit(commit)).await
+        };
+        let result = staged.await;
+        if result.is_err() {
+            let abort = Commit { upload, filename: None, mtime, req: None };
+            if let Err(e) = self.propose(Command::Commit(abort)).await {
+                debug!(cause = %e, upload, "could not abort upload");
+            }
+        }
+        result
+    }
+
+    /// Sets a file's or directory's modification time.
+    pub async fn touch(&self, name: &str, mtime: u64) -> Result<()> {
+        names::validate(name)?;
+        self.propose(Command::Touch(Touch { filename: name.into(), mtime })).await
+    }
+
+    /// Removes a file, or an empty directory.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        names::validate(name)?;
+        let cmd = match self.store.stat(name) {
+            Ok(s) if s.is_dir => Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None }),
+            _ => Command::Delete(Delete { filename: name.into(), req: None }),
+        };
+        self.propose(cmd).await
+    }
+
+    /// Removes a file (not a directory).
+    pub async fn unlink(&self, name: &str) -> Result<()> {
+        names::validate(name)?;
+        self.propose(Command::Delete(Delete { filename: name.into(), req: None })).await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, name: &str) -> Result<()> {
+        names::validate(name)?;
+        self.propose(Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None })).await
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, name: &str) -> Result<()> {
+        names::validate(name)?;
+        self.propose(Command::Mkdir(Dir { dirname: name.into(), mtime: files::now_nanos(), req: None })).await
+    }
+
+    /// Renames a file or directory.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        names::validate(from)?;
+        names::validate(to)?;
+        self.propose(Command::Rename(Rename { from: from.into(), to: to.into(), req: None })).await
+    }
+
+    /// Replicates one command through the leader and returns its replicated outcome once
+    /// this node has applied it too, so the caller's next local read sees it.
+    pub async fn propose(&self, mut cmd: Command) -> Result<()> {
+        if cmd.req().is_none() {
+            cmd.set_req(rand::random());
+        }
+        let started = Instant::now();
+        let applied: Applied =
+            self.on_leader(PeerRoute::Propose, &cmd, |timeout| self.propose_local(cmd.clone(), timeout)).await?;
+        self.wait_applied(applied.index, started).await?;
+        applied.result.map_err(Error::from)
+    }
+
+    /// Waits (within the request deadline counted from `started`) until this node has
+    /// applied `index`.
+    async fn wait_applied(&self, index: u64, started: Instant) -> Result<()> {
+        if self.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= index) {
+            return Ok(());
+        }
+        let remaining = self.config.request_timeout.saturating_sub(started.elapsed());
+        self.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "apply locally").await.map(|_| ()).map_err(
+            |e| Error::Unavailable(format!("committed, but this node did not apply index {index} in time: {e}")),
+        )
+    }
+
+    /// Waits until this node's files reflect every write committed before the call began
+    /// (read-index through the leader, then wait for the local apply).
+    pub async fn read_barrier(&self) -> Result<()> {
+        let started = Instant::now();
+        let index: Option<u64> =
+            self.on_leader(PeerRoute::ReadIndex, &(), |timeout| self.read_index_local(timeout)).await?;
+        match index {
+            Some(index) => self.wait_applied(index, started).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a node to the cluster (through the leader).
+    pub async fn join(&self, req: JoinRequest) -> Result<()> {
+        check_name(&req.name).map_err(Error::BadRequest)?;
+        self.on_leader(PeerRoute::Join, &req, |timeout| self.join_local(req.clone(), timeout)).await
+    }
+
+    /// Removes a member by name (through the leader).
+    pub async fn remove(&self, req: RemoveRequest) -> Result<()> {
+        self.on_leader(PeerRoute::Remove, &req, |timeout| self.remove_local(req.clone(), timeout)).await
+    }
+
+    /// The current leader's id and name, as this node believes.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader;
+        let name = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()));
+        (id, name)
+    }
+
+    // ---- status -------------------------------------------------------------------------
+
+    /// A snapshot of this node's view of the cluster.
+    pub fn status(&self) -> Status {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let name_of = |id: &NodeId| membership.get_node(id).map(|n| n.name.clone()).unwrap_or_else(|| id.to_string());
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        Status {
+            name: self.name.clone(),
+            id: self.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader.as_ref().map(name_of),
+            term: m.current_term,
+            commit_index: self.log.committed(),
+            applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members: voters.iter().map(name_of).collect(),
+            learners: membership.learner_ids().filter(|id| !voters.contains(id)).map(|id| name_of(&id)).collect(),
+            millis_since_quorum_ack: if m.state == ServerState::Leader { m.millis_since_quorum_ack } else { None },
+        }
+    }
+}
