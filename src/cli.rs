@@ -104,10 +104,9 @@ pub struct Cli {
 
 impl Cli {
     /// Builds the config once host and port are known (from flags, the data dir or a prompt).
-    pub fn into_config(self, host: String, port: u16, join: Option<String>) -> Result<Config> {
+    pub fn into_config(self, host: String, port: u16) -> Result<Config> {
         let mut c = Config::new(self.data_dir, host, port);
         c.listen = self.listen;
-        c.join = join;
         c.heartbeat = Duration::from_millis(self.heartbeat_ms);
         c.election_timeout = Duration::from_millis(self.election_timeout_ms);
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);

@@ -51,8 +51,6 @@ pub struct Config {
     pub port: u16,
     /// Address to bind; defaults to the advertised `host:port`.
     pub listen: Option<String>,
-    /// A member to join through, for a pristine node; `None` initializes a new cluster.
-    pub join: Option<String>,
     /// See [`DEFAULT_HEARTBEAT_MS`].
     pub heartbeat: Duration,
     /// See [`DEFAULT_ELECTION_TIMEOUT_MS`].
@@ -85,7 +83,6 @@ impl Config {
             host,
             port,
             listen: None,
-            join: None,
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             election_timeout: Duration::from_millis(DEFAULT_ELECTION_TIMEOUT_MS),
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),

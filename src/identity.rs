@@ -45,70 +45,102 @@ pub enum Start {
     Join(String),
 }
 
-/// Settles identity and start mode from the data directory, flags and (on a terminal) prompts.
-pub fn resolve(cli: Cli) -> Result<(Config, Identity, Start)> {
+/// Where the first-run questions go: the terminal in `raftd`, a script in tests.
+pub trait Prompt {
+    /// Whether anyone is there to answer; without, defaults apply and nothing is printed
+    /// but the node's name.
+    fn interactive(&self) -> bool;
+    /// Shows `text` and returns the answer, `default` for an empty one.
+    fn ask(&mut self, text: &str, default: &str) -> Result<String>;
+    /// Shows a line.
+    fn say(&mut self, line: &str);
+}
+
+/// The process's terminal: stdin for answers, stdout for questions.
+pub struct Terminal;
+
+impl Prompt for Terminal {
+    fn interactive(&self) -> bool {
+        std::io::stdin().is_terminal()
+    }
+
+    fn ask(&mut self, text: &str, default: &str) -> Result<String> {
+        let mut out = std::io::stdout();
+        write!(out, "{text}").and_then(|()| out.flush()).context(|| "write prompt".into())?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context(|| "read answer".into())?;
+        let answer = line.trim();
+        Ok(if answer.is_empty() { default.to_string() } else { answer.to_string() })
+    }
+
+    fn say(&mut self, line: &str) {
+        println!("{line}");
+    }
+}
+
+/// Settles identity and start mode from the data directory, flags and the prompt, and saves
+/// the identity in `info`.
+pub fn resolve(cli: Cli, prompt: &mut dyn Prompt) -> Result<(Config, Identity, Start)> {
     let dir = cli.data_dir.clone();
     std::fs::create_dir_all(&dir).context(|| format!("create data directory {}", dir.display()))?;
-    let interactive = std::io::stdin().is_terminal();
-    let ask = |question: &str, default: &str| -> Result<String> {
-        if !interactive {
-            return Ok(default.to_string());
-        }
-        prompt(&format!("{question} [{default}] "), default)
-    };
     let info_path = dir.join("info");
     let stored = fsutil::read_json::<Identity>(&info_path).map_err(|e| Error::Config(e.to_string()))?;
-    let identity = match stored.clone() {
-        Some(stored) => {
-            check_flag("host", cli.host.as_deref(), &stored.host, &dir)?;
-            check_flag("port", cli.port.map(|p| p.to_string()).as_deref(), &stored.port.to_string(), &dir)?;
-            stored
-        }
-        None => {
-            let host = match &cli.host {
-                Some(h) => h.clone(),
-                None => ask("Enter hostname:", DEFAULT_HOST)?,
-            };
-            let port = match cli.port {
-                Some(p) => p,
-                None => ask("Enter port:", &DEFAULT_PORT.to_string())?
-                    .parse()
-                    .map_err(|_| Error::Config("port must be a number from 1 to 65535".into()))?,
-            };
-            Identity { id: new_id(), name: format!("{host}:{port}"), host, port }
-        }
+    let identity = match &stored {
+        Some(stored) => check_stored(stored, &cli, &dir)?,
+        None => new_identity(&cli, prompt)?,
     };
-    println!("Name: {}", identity.name);
-    let start = if !is_pristine(&dir) {
-        Start::Resume
-    } else {
-        let join = match &cli.join {
-            Some(j) => j.clone(),
-            None if interactive => {
-                println!();
-                println!("This server has no log. Please enter a server in the cluster to join");
-                println!("to or hit enter to initialize a cluster.");
-                prompt("Join to (host:port)> ", "")?
-            }
-            None => String::new(),
-        };
-        if join.is_empty() {
-            Start::Initialize
-        } else {
-            Start::Join(join)
-        }
-    };
-    let join = match &start {
-        Start::Join(j) => Some(j.clone()),
-        _ => None,
-    };
-    let config = cli.into_config(identity.host.clone(), identity.port, join)?;
+    prompt.say(&format!("Name: {}", identity.name));
+    let start = if is_pristine(&dir) { ask_start(cli.join.as_deref(), prompt)? } else { Start::Resume };
+    let config = cli.into_config(identity.host.clone(), identity.port)?;
     config.validate()?;
     if stored.as_ref() != Some(&identity) {
         fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))
             .context(|| "save the node's identity".into())?;
     }
     Ok((config, identity, start))
+}
+
+/// A stored identity, provided flags do not contradict it.
+fn check_stored(stored: &Identity, cli: &Cli, dir: &Path) -> Result<Identity> {
+    check_flag("host", cli.host.as_deref(), &stored.host, dir)?;
+    check_flag("port", cli.port.map(|p| p.to_string()).as_deref(), &stored.port.to_string(), dir)?;
+    Ok(stored.clone())
+}
+
+/// A new identity from flags, else answers, else defaults; a fresh random id.
+fn new_identity(cli: &Cli, prompt: &mut dyn Prompt) -> Result<Identity> {
+    let mut ask = |question: &str, default: &str| -> Result<String> {
+        if !prompt.interactive() {
+            return Ok(default.to_string());
+        }
+        prompt.ask(&format!("{question} [{default}] "), default)
+    };
+    let host = match &cli.host {
+        Some(h) => h.clone(),
+        None => ask("Enter hostname:", DEFAULT_HOST)?,
+    };
+    let port = match cli.port {
+        Some(p) => p,
+        None => ask("Enter port:", &DEFAULT_PORT.to_string())?
+            .parse()
+            .map_err(|_| Error::Config("port must be a number from 1 to 65535".into()))?,
+    };
+    Ok(Identity { id: new_id(), name: format!("{host}:{port}"), host, port })
+}
+
+/// For a pristine node: join the member given by flag or answer, else start a new cluster.
+fn ask_start(join: Option<&str>, prompt: &mut dyn Prompt) -> Result<Start> {
+    let join = match join {
+        Some(j) => j.to_string(),
+        None if prompt.interactive() => {
+            prompt.say("");
+            prompt.say("This server has no log. Please enter a server in the cluster to join");
+            prompt.say("to or hit enter to initialize a cluster.");
+            prompt.ask("Join to (host:port)> ", "")?
+        }
+        None => String::new(),
+    };
+    Ok(if join.is_empty() { Start::Initialize } else { Start::Join(join) })
 }
 
 /// A data directory with neither a log nor a vote has never been part of a cluster.
@@ -132,11 +164,67 @@ fn new_id() -> NodeId {
     rand::random::<NodeId>().max(1)
 }
 
-fn prompt(text: &str, default: &str) -> Result<String> {
-    let mut out = std::io::stdout();
-    write!(out, "{text}").and_then(|()| out.flush()).context(|| "write prompt".into())?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context(|| "read answer".into())?;
-    let answer = line.trim();
-    Ok(if answer.is_empty() { default.to_string() } else { answer.to_string() })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Answers questions from a script and records everything shown.
+    struct Script {
+        answers: Vec<&'static str>,
+        shown: Vec<String>,
+        interactive: bool,
+    }
+
+    impl Prompt for Script {
+        fn interactive(&self) -> bool {
+            self.interactive
+        }
+        fn ask(&mut self, text: &str, default: &str) -> Result<String> {
+            self.shown.push(text.to_string());
+            let answer = self.answers.remove(0);
+            Ok(if answer.is_empty() { default.to_string() } else { answer.to_string() })
+        }
+        fn say(&mut self, line: &str) {
+            self.shown.push(line.to_string());
+        }
+    }
+
+    fn cli(dir: &Path, flags: &[&str]) -> Cli {
+        let mut args = vec!["raftd", dir.to_str().unwrap()];
+        args.extend(flags);
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn first_run_asks_then_restart_asks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut script = Script { answers: vec!["", "4005", "node1:4001"], shown: vec![], interactive: true };
+        let (config, identity, start) = resolve(cli(dir.path(), &[]), &mut script).unwrap();
+        assert_eq!(identity.name, "localhost:4005");
+        assert_eq!((config.host.as_str(), config.port), ("localhost", 4005));
+        assert_eq!(start, Start::Join("node1:4001".into()));
+        assert_eq!(script.shown[..3], ["Enter hostname: [localhost] ", "Enter port: [4001] ", "Name: localhost:4005"]);
+        assert!(script.shown.iter().any(|l| l.contains("This server has no log")));
+
+        // The data directory now has an identity (and, once it ran, a log): no questions.
+        std::fs::write(dir.path().join("log"), "x").unwrap();
+        let mut silent = Script { answers: vec![], shown: vec![], interactive: true };
+        let (_, again, start) = resolve(cli(dir.path(), &[]), &mut silent).unwrap();
+        assert_eq!((again, start), (identity, Start::Resume));
+        assert_eq!(silent.shown, ["Name: localhost:4005"]);
+        let err = resolve(cli(dir.path(), &["--port", "4006"]), &mut silent).unwrap_err();
+        assert!(err.to_string().contains("belongs to a node with port 4005"), "{err}");
+    }
+
+    #[test]
+    fn without_a_terminal_defaults_and_flags_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nobody = Script { answers: vec![], shown: vec![], interactive: false };
+        let (_, identity, start) = resolve(cli(dir.path(), &["--host", "127.0.0.1"]), &mut nobody).unwrap();
+        assert_eq!((identity.name.as_str(), start), ("127.0.0.1:4001", Start::Initialize));
+        let other = tempfile::tempdir().unwrap();
+        let (_, _, start) = resolve(cli(other.path(), &["--join", "a:1"]), &mut nobody).unwrap();
+        assert_eq!(start, Start::Join("a:1".into()));
+    }
 }

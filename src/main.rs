@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = raftd::identity::resolve(cli).and_then(|(config, identity, start)| {
+    let result = raftd::identity::resolve(cli, &mut raftd::identity::Terminal).and_then(|(config, identity, start)| {
         runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))
     });
     match result {

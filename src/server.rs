@@ -25,7 +25,8 @@ use crate::node::{JoinRequest, Node};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::{PeerNode, PeerRoute, Raft};
-use crate::store::StateMachine;
+use crate::store::state_machine::ShutdownHandle;
+use crate::store::{FileStore, StateMachine};
 
 /// How long a new node keeps asking its seed to add it before giving up.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
@@ -45,7 +46,7 @@ pub async fn run(
 }
 
 /// Runs a node on an already-bound listener until `shutdown` resolves (or the cluster
-/// removes the node).
+/// removes the node): the start-up steps in order, then [`Running::stop`] reverses them.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -53,72 +54,130 @@ pub async fn serve(
     start: Start,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let storage = open_storage(&config)?;
+    let clean = storage.state_machine.shutdown_handle();
+    let (raft, node) = start_raft(&config, &identity, storage).await?;
+    let mut running = Running { http: None, mount: None, raft, clean };
+    let started = async {
+        running.http = Some(start_http(listener, node.clone(), shutdown)?);
+        join_or_initialize(start, &running.raft, &node, &identity).await?;
+        running.mount = start_mount(&node)?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(e) = started {
+        running.stop().await;
+        return Err(e);
+    }
+    tokio::spawn(crate::raft::elections::break_split_votes(running.raft.clone(), config.election_timeout));
+    info!(name = %identity.name, id = identity.id, "node running");
+    let served = match running.http.take() {
+        Some(http) => http.await,
+        None => Ok(Ok(())),
+    };
+    running.stop().await;
+    match served {
+        Ok(r) => r.context(|| "serve HTTP".into()),
+        Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
+    }
+}
+
+/// What the node stores, opened and checked, before Raft starts.
+struct Storage {
+    log: LogStore,
+    state_machine: StateMachine,
+    store: FileStore,
+}
+
+/// Opens the log (verifying every line) and the state machine (recovering after a crash).
+fn open_storage(config: &Config) -> Result<Storage> {
     let dir = &config.data_dir;
-    let log_store = LogStore::open(dir)?;
-    let log_reader = log_store.reader();
+    let log = LogStore::open(dir)?;
     let (state_machine, store) =
         StateMachine::open(dir).context(|| format!("open state machine in {}", dir.display()))?;
-    let clean_shutdown = state_machine.shutdown_handle();
-    let client = HttpClient::for_cluster(&config)?;
+    Ok(Storage { log, state_machine, store })
+}
+
+/// Builds the Raft core over the storage and the peer network, and the [`Node`] handle.
+async fn start_raft(config: &Config, identity: &Identity, storage: Storage) -> Result<(Raft, Arc<Node>)> {
+    let client = HttpClient::for_cluster(config)?;
+    let reader = storage.log.reader();
+    let raft_config = Arc::new(config.raft_config()?);
+    let network = Network::new(client.clone());
+    let raft = Raft::new(identity.id, raft_config, network, storage.log, storage.state_machine)
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    let node = Node::new(identity.id, raft.clone(), storage.store, reader, client, config.clone());
+    Ok((raft, Arc::new(node)))
+}
+
+type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Serves HTTP (clients, members, peers) on the listener until `shutdown` or removal.
+fn start_http(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<HttpTask> {
+    let config = node.config();
     let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.ca.is_some());
     if config.cluster_token.is_none() && !mutual_tls {
         warn!("no cluster token: peer and membership routes (/raft/*, /cluster/*) are open to anyone who can reach this port; set --cluster-token-file");
     }
-    let raft_config = Arc::new(config.raft_config()?);
-    let raft = Raft::new(identity.id, raft_config, Network::new(client.clone()), log_store, state_machine)
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
-    let node = Arc::new(Node::new(identity.id, raft.clone(), store, log_reader, client.clone(), config.clone()));
-
-    let app = crate::http::router(node.clone());
-    let stopping = {
-        let node = node.clone();
-        async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = node.removed() => {}
-            }
+    let app = crate::http::router(node.clone()).into_make_service_with_connect_info::<Remote>();
+    let stopping = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = node.removed() => {}
         }
     };
     let listener = Listener::new(listener, tls).context(|| "start listening".into())?;
-    let app = app.into_make_service_with_connect_info::<Remote>();
-    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future());
+    Ok(tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future()))
+}
 
-    let joined = match start {
+/// A pristine node starts a cluster or joins one; a member resumes.
+async fn join_or_initialize(start: Start, raft: &Raft, node: &Node, identity: &Identity) -> Result<()> {
+    match start {
         Start::Resume => Ok(()),
-        Start::Initialize => initialize(&raft, &identity).await,
-        Start::Join(seed) => join(&client, &seed, &identity).await,
-    };
-    let mount = joined.and_then(|()| match &config.mount {
+        Start::Initialize => initialize(raft, identity).await,
+        Start::Join(seed) => join(node.client(), &seed, identity).await,
+    }
+}
+
+/// Mounts the tree with FUSE if the config asks for it.
+fn start_mount(node: &Arc<Node>) -> Result<Option<Mount>> {
+    let config = node.config();
+    match &config.mount {
         Some(path) => Mount::start(node.clone(), path, config.stale_reads, config.allow_other).map(Some),
         None => Ok(None),
-    });
-    let mount = match mount {
-        Ok(m) => m,
-        Err(e) => {
-            server.abort();
-            let _ = raft.shutdown().await;
-            return Err(e);
-        }
-    };
-    tokio::spawn(crate::raft::elections::break_split_votes(raft.clone(), config.election_timeout));
-    info!(name = %identity.name, id = identity.id, "node running");
-
-    let served = server.await;
-    drop(mount);
-    info!("stopping raft");
-    match raft.shutdown().await {
-        Ok(()) => {
-            if let Err(e) = clean_shutdown.mark_clean() {
-                warn!(cause = %e, "could not record a clean shutdown; the next start rebuilds from the snapshot");
-            }
-        }
-        Err(e) => warn!(cause = %e, "raft did not stop cleanly"),
     }
-    match served {
-        Ok(r) => r.context(|| "serve HTTP".into()),
-        Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
+}
+
+/// What is running, stopped in the reverse order of starting.
+struct Running {
+    http: Option<HttpTask>,
+    mount: Option<Mount>,
+    raft: Raft,
+    clean: ShutdownHandle,
+}
+
+impl Running {
+    /// Stops HTTP (if still running), unmounts, stops Raft, and records a clean stop.
+    async fn stop(mut self) {
+        if let Some(http) = self.http.take() {
+            http.abort();
+        }
+        drop(self.mount.take());
+        info!("stopping raft");
+        match self.raft.shutdown().await {
+            Ok(()) => {
+                if let Err(e) = self.clean.mark_clean() {
+                    warn!(cause = %e, "could not record a clean shutdown; the next start rebuilds from the snapshot");
+                }
+            }
+            Err(e) => warn!(cause = %e, "raft did not stop cleanly"),
+        }
     }
 }
 

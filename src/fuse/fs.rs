@@ -148,6 +148,36 @@ impl Shared {
         }
     }
 
+    /// truncate/ftruncate: resizes the open writer's buffer (committed at close), or for
+    /// truncate(2) on a path with no writer, a temporary writer committed at once.
+    async fn resize(&self, ino: u64, path: &str, open_writer: Option<&handles::Shared>, size: u64) -> Result<()> {
+        let resize_err = |e| Error::io("resize", std::io::Error::from_raw_os_error(e));
+        if let Some(handle) = open_writer {
+            return locked(handle).resize(size).map_err(resize_err);
+        }
+        let (fh, h) = self.handles.insert(self.writer(ino, path, false)?);
+        let resized = locked(&h).resize(size);
+        let committed = match resized {
+            Ok(()) => self.commit(&h).await,
+            Err(e) => Err(resize_err(e)),
+        };
+        self.handles.remove(fh);
+        committed
+    }
+
+    /// utimes: a time set while contents are uncommitted travels with them; otherwise it is
+    /// replicated at once (`file:touch`).
+    async fn set_mtime(&self, path: &str, open_writer: Option<&handles::Shared>, t: TimeOrNow) -> Result<()> {
+        let when = nanos(match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        if open_writer.is_some_and(|h| locked(h).set_pending_mtime(when)) {
+            return Ok(());
+        }
+        self.node.touch(path, when).await
+    }
+
     fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
         let ino = self.inodes.lock().expect("inode lock").ino(path);
         self.stat(ino, path)
@@ -252,35 +282,15 @@ impl Filesystem for RaftFs {
         self.later(async move {
             let result = async {
                 if let Some(size) = size {
-                    let handle = match open_writer.clone() {
-                        Some(h) => h,
-                        None => {
-                            // truncate(2) on a path: a temporary writer, committed at once.
-                            let (fh, h) = shared.handles.insert(shared.writer(ino, &path, false)?);
-                            let resized = locked(&h).resize(size);
-                            let committed = match resized {
-                                Ok(()) => shared.commit(&h).await,
-                                Err(e) => Err(Error::io("resize", std::io::Error::from_raw_os_error(e))),
-                            };
-                            shared.handles.remove(fh);
-                            return committed;
-                        }
-                    };
-                    locked(&handle)
-                        .resize(size)
-                        .map_err(|e| Error::io("resize", std::io::Error::from_raw_os_error(e)))?;
-                }
-                if let Some(t) = mtime {
-                    let when = nanos(match t {
-                        TimeOrNow::SpecificTime(t) => t,
-                        TimeOrNow::Now => SystemTime::now(),
-                    });
-                    // Uncommitted contents take the time with them when they are committed.
-                    if !open_writer.as_ref().is_some_and(|h| locked(h).set_pending_mtime(when)) {
-                        shared.node.touch(&path, when).await?;
+                    shared.resize(ino, &path, open_writer.as_ref(), size).await?;
+                    if open_writer.is_none() {
+                        return Ok(());
                     }
                 }
-                Ok(())
+                match mtime {
+                    Some(t) => shared.set_mtime(&path, open_writer.as_ref(), t).await,
+                    None => Ok(()),
+                }
             }
             .await;
             match result.map_err(|e| errno(&e)).and_then(|()| shared.stat(ino, &path)) {

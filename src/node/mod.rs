@@ -127,6 +127,11 @@ impl Node {
         &self.raft
     }
 
+    /// The node's peer client (cluster scheme, token, TLS).
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
     /// The node's configuration.
     pub fn config(&self) -> &Config {
         &self.config

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Every change to `files/` is a rename of a complete temp file, an unlink, a mkdir/rmdir or a
-//! rename: no file in the tree is ever modified in place. So readers always see whole
-//! versions, and snapshots can hard-link the tree instead of copying it.
+//! rename: no file's contents are ever modified in place. So readers always see whole
+//! versions, and snapshots can hard-link the tree instead of copying it. The one change to an
+//! existing inode is `file:touch` (its mtime); while a snapshot is being archived from hard
+//! links, a touch first replaces the file with a copy, so the snapshot keeps the old time.
 //!
 //! Outcomes that depend only on the tree (missing file, not a directory, …) are
 //! [`FileError`]s: every replica reaches the same one. Anything else (EIO, ENOSPC) is a local
@@ -20,6 +22,8 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
@@ -89,6 +93,17 @@ pub struct Tree {
     pub uploads: PathBuf,
     /// Every operation on `files/` resolves beneath it.
     files: Beneath,
+    /// Snapshots being archived from hard links of the tree right now.
+    archiving: Arc<AtomicUsize>,
+}
+
+/// Marks a snapshot build in progress until dropped (see [`Tree::archiving`]).
+pub struct Archiving(Arc<AtomicUsize>);
+
+impl Drop for Archiving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Tree {
@@ -101,6 +116,7 @@ impl Tree {
             root,
             tmp: data_dir.join("sm").join("tmp"),
             uploads: data_dir.join("sm").join("uploads"),
+            archiving: Arc::default(),
         };
         let _ = fs::remove_dir_all(&tree.tmp);
         for dir in [&tree.root, &tree.tmp, &tree.uploads] {
@@ -108,6 +124,13 @@ impl Tree {
         }
         tree.files.check_supported()?;
         Ok(tree)
+    }
+
+    /// Declares a snapshot build that hard-links the tree, until the guard is dropped. Take it
+    /// before linking, under the state-machine lock, so no touch slips in between.
+    pub fn archiving(&self) -> Archiving {
+        self.archiving.fetch_add(1, Ordering::SeqCst);
+        Archiving(self.archiving.clone())
     }
 
     /// The tree, for reads that must stay inside it.
@@ -152,7 +175,7 @@ impl Tree {
             Command::Mkdir(c) => self.mkdir(&c.dirname, c.mtime),
             Command::Rmdir(c) => self.rmdir(&c.dirname),
             Command::Rename(c) => self.rename(&c.from, &c.to),
-            Command::Touch(c) => self.touch(&c.filename, c.mtime),
+            Command::Touch(c) => self.touch(&c.filename, c.mtime, tag),
             Command::Chunk(c) => self.chunk(c),
             Command::Commit(c) => self.commit(c, tag),
         }
@@ -213,11 +236,18 @@ impl Tree {
         settle(to, self.files.rename(from, to))
     }
 
-    /// `file:touch`: set the modification time. The only change made to an existing inode; a
-    /// snapshot taken meanwhile may carry the newer time, which replay sets again anyway.
-    pub fn touch(&self, name: &str, mtime: u64) -> Applied {
+    /// `file:touch`: set the modification time — of the live inode, except while a snapshot
+    /// is archiving hard links of the tree: then a file is replaced by a copy carrying the new
+    /// time (directories are never linked, so they are always touched in place).
+    pub fn touch(&self, name: &str, mtime: u64, tag: u64) -> Applied {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
+        }
+        if self.archiving.load(Ordering::SeqCst) > 0 && self.files.stat(name).is_ok_and(|m| m.is_file) {
+            let temp = self.temp(tag);
+            let mut source = self.files.open_file(name)?;
+            io::copy(&mut source, &mut File::create(&temp)?)?;
+            return self.install(&temp, name, mtime);
         }
         settle(name, self.files.set_mtime(name, mtime))
     }
@@ -297,7 +327,7 @@ mod tests {
             assert!(refused(tree.delete(bad)), "delete {bad:?}");
             assert!(refused(tree.mkdir(bad, 1)), "mkdir {bad:?}");
             assert!(refused(tree.rmdir(bad)), "rmdir {bad:?}");
-            assert!(refused(tree.touch(bad, 1)), "touch {bad:?}");
+            assert!(refused(tree.touch(bad, 1, 1)), "touch {bad:?}");
             assert!(refused(tree.rename("ok", bad)), "rename to {bad:?}");
             assert!(refused(tree.rename(bad, "ok")), "rename from {bad:?}");
             let commit = Commit { upload: 1, filename: Some(bad.into()), mtime: 0, req: None };
@@ -305,6 +335,26 @@ mod tests {
         }
         let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(entries.len(), 2, "only files/ and sm/ exist: {entries:?}");
+    }
+
+    #[test]
+    fn a_touch_during_a_snapshot_leaves_the_linked_inode_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        assert_eq!(tree.write("f", &Data(b"x".to_vec()), 1_000_000_000, 1).unwrap(), Ok(()));
+        let linked = dir.path().join("linked");
+        let guard = tree.archiving();
+        fs::hard_link(tree.root.join("f"), &linked).unwrap();
+        assert_eq!(tree.touch("f", 2_000_000_000, 2).unwrap(), Ok(()));
+        drop(guard);
+        let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
+        assert_eq!((mtime(&linked), mtime(&tree.root.join("f"))), (1, 2), "the snapshot's link keeps its time");
+        assert_eq!(fs::read(tree.root.join("f")).unwrap(), b"x");
+        assert_eq!(tree.touch("f", 3_000_000_000, 3).unwrap(), Ok(()));
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_ne!(ino(&linked), ino(&tree.root.join("f")));
+        assert_eq!(mtime(&tree.root.join("f")), 3);
     }
 
     #[test]

@@ -56,7 +56,8 @@ fn mtime_nanos(meta: &fs::Metadata) -> u64 {
     meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Mirrors `src` into `dst` with hard links (directories are created, files linked).
+/// Mirrors `src` into `dst` with hard links (directories are created, files linked), giving
+/// each created directory its source's mtime.
 /// Anything else (a symlink, a device, a socket planted by hand) is left out: raftd never
 /// creates one, and following it could copy data from outside the tree into a snapshot.
 pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
@@ -73,7 +74,7 @@ pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
             tracing::warn!(path = %entry.path().display(), "leaving a non-regular file out of the snapshot");
         }
     }
-    Ok(())
+    File::open(dst)?.set_modified(fs::metadata(src)?.modified()?)
 }
 
 /// Writes the archive of `staging` (which holds `files/` and `uploads/`) to `out` and fsyncs it.

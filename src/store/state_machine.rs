@@ -253,8 +253,11 @@ impl Shared {
     fn build(&self) -> std::io::Result<(SnapshotMeta, PathBuf)> {
         let tag: u64 = rand::random();
         let staging = self.snapshots.join(format!("build-{tag:016x}"));
+        // Taken under the lock, before linking, held until the archive is written.
+        let archiving;
         let header = {
             let state = self.lock();
+            archiving = self.tree.archiving();
             snapshot::link_tree(&self.tree.root, &staging.join("files"))?;
             snapshot::link_tree(&self.tree.uploads, &staging.join("uploads"))?;
             let last = state.marker.last_applied;
@@ -269,6 +272,7 @@ impl Shared {
         let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
         let tmp = path.with_extension("tmp");
         let written = snapshot::write_archive(&staging, &header, &tmp).and_then(|()| fs::rename(&tmp, &path));
+        drop(archiving);
         fs::remove_dir_all(&staging)?;
         written?;
         info!(id = %header.meta.snapshot_id, "snapshot built");
