@@ -6,6 +6,8 @@
 //! with `--tls-cert`); a response body larger than the limit is cut off as an error, so a
 //! misbehaving peer cannot make this node buffer without bound.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +63,31 @@ impl Response {
     }
 }
 
+/// Peers this node must not reach: a test's way to cut network links between nodes that run
+/// in one process. Empty in a real node.
+#[derive(Clone, Default)]
+pub struct Links(Arc<Mutex<HashSet<String>>>);
+
+impl Links {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().expect("links lock poisoned")
+    }
+
+    /// From now on, requests to `addr` fail as if it were unreachable.
+    pub fn cut(&self, addr: &str) {
+        self.set().insert(addr.to_string());
+    }
+
+    /// Requests to `addr` go through again.
+    pub fn heal(&self, addr: &str) {
+        self.set().remove(addr);
+    }
+
+    fn is_cut(&self, addr: &str) -> bool {
+        self.set().contains(addr)
+    }
+}
+
 /// Pooled client; clone freely.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -68,6 +95,7 @@ pub struct HttpClient {
     scheme: &'static str,
     auth: Option<HeaderValue>,
     max_response: usize,
+    links: Links,
 }
 
 impl HttpClient {
@@ -110,7 +138,13 @@ impl HttpClient {
             .enable_http1()
             .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
-        HttpClient { inner, scheme, auth, max_response }
+        HttpClient { inner, scheme, auth, max_response, links: Links::default() }
+    }
+
+    /// The same client, refusing to reach the peers `links` cuts off.
+    pub fn with_links(mut self, links: Links) -> Self {
+        self.links = links;
+        self
     }
 
     /// Sends one request to `addr` (`host:port`) and reads the whole response.
@@ -135,6 +169,9 @@ impl HttpClient {
         timeout: Duration,
         deadline_header: Option<Duration>,
     ) -> Result<Response, SendError> {
+        if self.links.is_cut(addr) {
+            return Err(SendError::Connect(addr.to_string(), "the link to it is cut".into()));
+        }
         let uri = format!("{}://{addr}{path}", self.scheme);
         let mut request =
             Request::builder().method(method).uri(&uri).header(hyper::header::CONTENT_TYPE, "application/json");

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::client::HttpClient;
+use crate::client::{HttpClient, Links};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fuse::Mount;
@@ -46,7 +46,7 @@ pub async fn run(
 }
 
 /// Runs a node on an already-bound listener until `shutdown` resolves (or the cluster
-/// removes the node): the start-up steps in order, then [`Running::stop`] reverses them.
+/// removes the node).
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -54,10 +54,27 @@ pub async fn serve(
     start: Start,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let mut node = launch(listener, config, identity, start, Links::default(), shutdown).await?;
+    let served = node.served().await;
+    node.stop().await;
+    served
+}
+
+/// Starts a node on an already-bound listener — the start-up steps in order — and returns
+/// it running; [`RunningNode::stop`] reverses the steps. `links` lets a test cut the node off
+/// from chosen peers.
+pub async fn launch(
+    listener: TcpListener,
+    config: Config,
+    identity: Identity,
+    start: Start,
+    links: Links,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningNode> {
     let storage = open_storage(&config)?;
     let clean = storage.state_machine.shutdown_handle();
-    let (raft, node) = start_raft(&config, &identity, storage).await?;
-    let mut running = Running { http: None, mount: None, raft, clean };
+    let (raft, node) = start_raft(&config, &identity, storage, links).await?;
+    let mut running = RunningNode { http: None, mount: None, raft, node: node.clone(), clean };
     let started = async {
         running.http = Some(start_http(listener, node.clone(), shutdown)?);
         join_or_initialize(start, &running.raft, &node, &identity).await?;
@@ -71,15 +88,7 @@ pub async fn serve(
     }
     tokio::spawn(crate::raft::elections::break_split_votes(running.raft.clone(), config.election_timeout));
     info!(name = %identity.name, id = identity.id, "node running");
-    let served = match running.http.take() {
-        Some(http) => http.await,
-        None => Ok(Ok(())),
-    };
-    running.stop().await;
-    match served {
-        Ok(r) => r.context(|| "serve HTTP".into()),
-        Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
-    }
+    Ok(running)
 }
 
 /// What the node stores, opened and checked, before Raft starts.
@@ -99,8 +108,8 @@ fn open_storage(config: &Config) -> Result<Storage> {
 }
 
 /// Builds the Raft core over the storage and the peer network, and the [`Node`] handle.
-async fn start_raft(config: &Config, identity: &Identity, storage: Storage) -> Result<(Raft, Arc<Node>)> {
-    let client = HttpClient::for_cluster(config)?;
+async fn start_raft(config: &Config, identity: &Identity, storage: Storage, links: Links) -> Result<(Raft, Arc<Node>)> {
+    let client = HttpClient::for_cluster(config)?.with_links(links);
     let reader = storage.log.reader();
     let raft_config = Arc::new(config.raft_config()?);
     let network = Network::new(client.clone());
@@ -154,17 +163,34 @@ fn start_mount(node: &Arc<Node>) -> Result<Option<Mount>> {
     }
 }
 
-/// What is running, stopped in the reverse order of starting.
-struct Running {
+/// A started node; stopped in the reverse order of starting.
+pub struct RunningNode {
     http: Option<HttpTask>,
     mount: Option<Mount>,
     raft: Raft,
+    node: Arc<Node>,
     clean: ShutdownHandle,
 }
 
-impl Running {
+impl RunningNode {
+    /// The node's handle (what the front ends use; its Raft handle has the metrics).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Resolves when HTTP stops serving (shutdown requested, or the node was removed).
+    pub async fn served(&mut self) -> Result<()> {
+        match self.http.take() {
+            Some(http) => match http.await {
+                Ok(r) => r.context(|| "serve HTTP".into()),
+                Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
+            },
+            None => Ok(()),
+        }
+    }
+
     /// Stops HTTP (if still running), unmounts, stops Raft, and records a clean stop.
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         if let Some(http) = self.http.take() {
             http.abort();
         }
