@@ -33,16 +33,51 @@ pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
 /// Pause between join attempts.
 const JOIN_RETRY: Duration = Duration::from_millis(500);
 
-/// Binds the configured address and runs the node until `shutdown` resolves.
+/// Binds the configured address (or takes the socket the parent passed) and runs the node
+/// until `shutdown` resolves.
 pub async fn run(
     config: Config,
     identity: Identity,
     start: Start,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let addr = config.listen_addr();
-    let listener = TcpListener::bind(&addr).await.context(|| format!("listen on {addr}"))?;
+    let listener = match inherited_listener()? {
+        Some(listener) => listener,
+        None => {
+            let addr = config.listen_addr();
+            TcpListener::bind(&addr).await.context(|| format!("listen on {addr}"))?
+        }
+    };
     serve(listener, config, identity, start, shutdown).await
+}
+
+/// First descriptor a parent passes, by the socket-activation convention.
+const LISTEN_FD: std::os::fd::RawFd = 3;
+
+/// A listening socket passed by the parent as descriptor 3 with `LISTEN_FDS=1` (systemd's
+/// socket activation; `LISTEN_PID`, if set, must be this process). The parent has bound the
+/// port already, so no one can take it between choosing and binding — what supervisors and
+/// the tests rely on.
+fn inherited_listener() -> Result<Option<TcpListener>> {
+    use std::os::fd::FromRawFd;
+    match std::env::var("LISTEN_FDS").as_deref() {
+        Ok("1") => {}
+        Ok("0") | Err(_) => return Ok(None),
+        Ok(n) => return Err(Error::Config(format!("LISTEN_FDS={n}: raftd takes exactly one listening socket"))),
+    }
+    if std::env::var("LISTEN_PID").is_ok_and(|pid| pid != std::process::id().to_string()) {
+        return Ok(None);
+    }
+    // Safety: by the convention above, descriptor 3 is ours, open, and used by nothing else.
+    let socket = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
+    let checked = socket
+        .local_addr()
+        .and_then(|_| socket.set_nonblocking(true))
+        .context(|| "LISTEN_FDS=1, but descriptor 3 is not a listening TCP socket".into());
+    checked?;
+    let listener = TcpListener::from_std(socket).context(|| "use the inherited socket".into())?;
+    info!(addr = ?listener.local_addr().ok(), "listening on the socket passed by the parent");
+    Ok(Some(listener))
 }
 
 /// Runs a node on an already-bound listener until `shutdown` resolves (or the cluster

@@ -253,20 +253,20 @@ fn close_fails_without_quorum_and_mounts_recover() {
     assert_eq!(ok(&format!("cat {}/f", m[leader].display())), "after\n");
 
     // A busy mount point and a file as mount point are refused with a clear message.
-    let busy = Command::new(bin())
-        .arg(c.tmp.path().join("other"))
-        .args(["--port", &free_port().to_string(), "--mount", &m[a].display().to_string()])
-        .output()
-        .unwrap();
+    let run_other = |dir: &str, mount: &Path| {
+        let socket = listener();
+        let port = socket.local_addr().unwrap().port().to_string();
+        let mut cmd = Command::new(bin());
+        cmd.arg(c.tmp.path().join(dir)).args(["--port", &port, "--mount", &mount.display().to_string()]);
+        pass_listener(&mut cmd, &socket);
+        cmd.output().unwrap()
+    };
+    let busy = run_other("other", &m[a]);
     assert!(!busy.status.success());
     assert!(String::from_utf8_lossy(&busy.stderr).contains("busy"), "{}", String::from_utf8_lossy(&busy.stderr));
     let file = c.tmp.path().join("plain-file");
     std::fs::write(&file, b"").unwrap();
-    let not_dir = Command::new(bin())
-        .arg(c.tmp.path().join("other2"))
-        .args(["--port", &free_port().to_string(), "--mount", &file.display().to_string()])
-        .output()
-        .unwrap();
+    let not_dir = run_other("other2", &file);
     assert!(String::from_utf8_lossy(&not_dir.stderr).contains("not a directory"));
 
     // SIGTERM unmounts cleanly.

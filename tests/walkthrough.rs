@@ -21,20 +21,20 @@ struct Tty {
 }
 
 impl Tty {
-    fn spawn(args: &[&str], stderr: &std::path::Path) -> Tty {
+    fn spawn(args: &[&str], socket: &std::net::TcpListener, stderr: &std::path::Path) -> Tty {
         let (mut master, mut slave) = (0, 0);
         let rc =
             unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         let slave = unsafe { OwnedFd::from_raw_fd(slave) };
         let master = unsafe { File::from_raw_fd(master) };
-        let child = Command::new(bin())
-            .args(args)
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave))
-            .stderr(File::create(stderr).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(File::create(stderr).unwrap());
+        pass_listener(&mut cmd, socket);
+        let child = cmd.spawn().unwrap();
         let output = Arc::new(Mutex::new(String::new()));
         let mut reader = master.try_clone().unwrap();
         let sink = output.clone();
@@ -77,10 +77,14 @@ const NO_LOG_PROMPT: &str = "\nThis server has no log. Please enter a server in 
 fn walkthrough_at_the_prompts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = |i: usize| tmp.path().join(format!("node.{i}"));
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    // Each node's port is bound here and handed over, then typed at the prompt as a user would.
+    // (The test drops its copy once the node has it, so a killed node's port refuses.)
+    let [s1, s2, s3] = [listener(), listener(), listener()];
+    let [p1, p2, p3] = [&s1, &s2, &s3].map(|s| s.local_addr().unwrap().port());
 
     // Node 1: Enter for the hostname, a port, Enter to initialize.
-    let mut n1 = Tty::spawn(&[dir(1).to_str().unwrap()], &tmp.path().join("1.err"));
+    let mut n1 = Tty::spawn(&[dir(1).to_str().unwrap()], &s1, &tmp.path().join("1.err"));
+    drop(s1);
     n1.expect_then_type("Enter hostname: [localhost] ", "");
     n1.expect_then_type("Enter port: [4001] ", &p1.to_string());
     n1.expect_then_type(&format!("Name: localhost:{p1}\n{NO_LOG_PROMPT}"), "");
@@ -91,17 +95,19 @@ fn walkthrough_at_the_prompts() {
     });
 
     // Node 2 joins at the prompt; node 3 by flags, with no terminal and so no prompts.
-    let mut n2 = Tty::spawn(&[dir(2).to_str().unwrap()], &tmp.path().join("2.err"));
+    let mut n2 = Tty::spawn(&[dir(2).to_str().unwrap()], &s2, &tmp.path().join("2.err"));
+    drop(s2);
     n2.expect_then_type("Enter hostname: [localhost] ", "");
     n2.expect_then_type("Enter port: [4001] ", &p2.to_string());
     n2.expect_then_type(NO_LOG_PROMPT, &name1);
-    let mut n3 = Command::new(bin())
-        .args([dir(3).to_str().unwrap(), "--port", &p3.to_string(), "--join", &name1])
+    let mut n3 = Command::new(bin());
+    n3.args([dir(3).to_str().unwrap(), "--port", &p3.to_string(), "--join", &name1])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    pass_listener(&mut n3, &s3);
+    let mut n3 = n3.spawn().unwrap();
+    drop(s3);
     let names = [name1.clone(), format!("localhost:{p2}"), format!("localhost:{p3}")];
     wait_for(Duration::from_secs(30), "three members", || {
         let (_, body) = http(&name1, "GET", "/status", b"").ok()?;
@@ -131,7 +137,9 @@ fn walkthrough_at_the_prompts() {
 
     // A restarted node reads its identity from the data dir and asks nothing.
     drop(n1);
-    let restarted = Tty::spawn(&[dir(1).to_str().unwrap()], &tmp.path().join("1b.err"));
+    let again = std::net::TcpListener::bind(("127.0.0.1", p1)).unwrap();
+    let restarted = Tty::spawn(&[dir(1).to_str().unwrap()], &again, &tmp.path().join("1b.err"));
+    drop(again);
     wait_for(Duration::from_secs(20), "node 1 back in the cluster", || {
         let (code, body) = http(&name1, "GET", "/files/foo", b"").ok()?;
         (code == 200 && body == b"BAR").then_some(())
@@ -148,16 +156,18 @@ fn walkthrough_at_the_prompts() {
 
 #[test]
 fn without_a_terminal_defaults_apply() {
+    // The default name is localhost:4001; the node serves on a socket handed to it, so the
+    // test never touches port 4001 (the README's and the docker demo's).
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin())
-        .arg(tmp.path().join("node"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = wait_for(Duration::from_secs(20), "a leader on localhost:4001", || {
-        let (code, body) = http("localhost:4001", "GET", "/status", b"").ok()?;
+    let socket = listener();
+    let addr = socket.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(bin());
+    cmd.arg(tmp.path().join("node")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    pass_listener(&mut cmd, &socket);
+    let mut child = cmd.spawn().unwrap();
+    drop(socket);
+    let status = wait_for(Duration::from_secs(20), "a leader named localhost:4001", || {
+        let (code, body) = http(&addr, "GET", "/status", b"").ok()?;
         let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
         (code == 200 && status["state"] == "leader").then_some(status)
     });

@@ -1,6 +1,7 @@
 //! TestCluster: real `raftd` processes on loopback, each with its own temp data directory.
 //!
-//! Ports are picked free by binding port 0 and released just before the node starts. Every
+//! Each node's port is bound here first (port 0) and handed to the process as its listening
+//! socket, so no other test can take it in between. Every
 //! wait polls a condition with a deadline; nothing sleeps a fixed time. Dropping the cluster
 //! kills every process it started (and the temp dirs go with it).
 
@@ -17,9 +18,29 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_raftd")
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A listener on a free loopback port, bound before any node starts.
+pub fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+/// Hands `listener` to the child as its listening socket (descriptor 3 with `LISTEN_FDS=1`, as
+/// systemd's socket activation does): the port is bound before the child starts, so no
+/// other test can take it in between.
+pub fn pass_listener(cmd: &mut Command, listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+    // Safety: dup2 and fcntl are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Minimal blocking HTTP/1.1 client (one request per connection), binary-safe.
@@ -96,6 +117,8 @@ pub struct Node {
     pub stderr: PathBuf,
     /// curl's TLS arguments when the node serves HTTPS.
     pub tls: Option<Vec<String>>,
+    /// The socket for the next start (bound when the node was added).
+    pub listener: Option<TcpListener>,
 }
 
 impl Node {
@@ -155,19 +178,16 @@ impl Node {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Starts the process with the stored args (restart keeps the data dir).
+    /// Starts the process with the stored args (restart keeps the data dir), handing it its
+    /// port already bound (bound again on a restart).
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).unwrap();
-        let child = Command::new(bin())
-            .arg(&self.dir)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn raftd");
-        self.child = Some(child);
+        let listener = self.listener.take().unwrap_or_else(|| TcpListener::bind(&self.name).expect("rebind the port"));
+        let mut cmd = Command::new(bin());
+        cmd.arg(&self.dir).args(&self.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+        pass_listener(&mut cmd, &listener);
+        self.child = Some(cmd.spawn().expect("spawn raftd"));
     }
 }
 
@@ -238,7 +258,8 @@ impl Cluster {
     /// Adds and starts a node, joining through `join` if given.
     pub fn add_node(&mut self, join: Option<&str>, extra: &[&str]) -> usize {
         let i = self.nodes.len();
-        let port = free_port();
+        let listener = listener();
+        let port = listener.local_addr().unwrap().port();
         let mut args = vec!["--host".to_string(), "127.0.0.1".into(), "--port".into(), port.to_string()];
         if let Some(j) = join {
             args.extend(["--join".to_string(), j.to_string()]);
@@ -246,8 +267,9 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = self.tmp.path().join(format!("node.{}", i + 1));
         let stderr = self.tmp.path().join(format!("node.{}.log", i + 1));
-        let mut node =
-            Node { name: format!("127.0.0.1:{port}"), dir, args, child: None, stderr, tls: self.tls.clone() };
+        let name = format!("127.0.0.1:{port}");
+        let tls = self.tls.clone();
+        let mut node = Node { name, dir, args, child: None, stderr, tls, listener: Some(listener) };
         node.spawn();
         self.nodes.push(node);
         i
