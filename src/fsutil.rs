@@ -13,7 +13,7 @@ fn at<'a>(path: &'a Path, what: &str) -> impl FnOnce(io::Error) -> io::Error + '
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new contents,
 /// never a mix: write a sibling temp file, fsync it, rename it over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).map_err(at(&tmp, "create"))?;
     file.write_all(bytes).map_err(at(&tmp, "write"))?;
@@ -23,13 +23,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// fsyncs the directory holding `path`, making a rename or create in it durable.
-pub fn sync_parent(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir, "fsync directory"))
 }
 
 /// Reads a JSON file, `None` if it does not exist; invalid JSON is `InvalidData`.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{} is not valid JSON: {e}", path.display()))

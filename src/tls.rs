@@ -65,7 +65,7 @@ fn system_roots() -> RootCertStore {
 
 /// The server side: this node's certificate, and client certificates checked against the CA
 /// when one is given (optional at the handshake, required by the peer routes).
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
+pub(crate) fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS: {e}")))?;
@@ -88,7 +88,7 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>> {
 
 /// The client side: trust the CA (or the system's roots), present our certificate to peers
 /// when mutual TLS is on.
-pub fn client_config(tls: &Tls) -> Result<ClientConfig> {
+pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS: {e}")))?;
@@ -102,7 +102,7 @@ pub fn client_config(tls: &Tls) -> Result<ClientConfig> {
 }
 
 /// A client configuration for plain-HTTP clusters; the connector needs one, nothing uses it.
-pub fn unused_client_config() -> ClientConfig {
+pub(crate) fn unused_client_config() -> ClientConfig {
     ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")

@@ -3,7 +3,7 @@
 use crate::error::{Error, FileError};
 
 /// The errno a FUSE caller sees for each kind of error.
-pub fn errno(err: &Error) -> libc::c_int {
+pub(crate) fn errno(err: &Error) -> libc::c_int {
     match err {
         Error::File(FileError::NotFound(_)) => libc::ENOENT,
         Error::File(FileError::AlreadyExists(_)) => libc::EEXIST,

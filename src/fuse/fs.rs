@@ -20,48 +20,36 @@ use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 use tokio::runtime::Handle as Runtime;
 use tracing::debug;
 
 use super::errno::errno;
-use super::handles::{self, locked, Handle, Handles};
-use super::inodes::{self, attr, Inodes};
-use crate::error::FileError;
+use super::handles::{locked, Handle, Handles};
+use super::inodes;
+use super::shared::Shared;
 use crate::error::{Error, Result};
 use crate::names::{self, child_path};
 use crate::node::Node;
-use crate::store::Stat;
 
 /// How long the kernel may cache attributes and entries: not at all, so a change applied
 /// from another node is seen at the next system call.
 const TTL: Duration = Duration::ZERO;
 
-/// State shared by the request loop and the tasks that reply later.
-pub struct Shared {
-    node: Arc<Node>,
-    /// std lock: table edits only, never across an await.
-    inodes: Mutex<Inodes>,
-    handles: Handles,
-    stale_reads: bool,
-    uid: u32,
-    gid: u32,
-}
-
 /// The `fuser::Filesystem` implementation.
-pub struct RaftFs {
+pub(crate) struct RaftFs {
     shared: Arc<Shared>,
     runtime: Runtime,
 }
 
 impl RaftFs {
     /// A filesystem over `node`, buffering writes in `buffers` (emptied first).
-    pub fn new(node: Arc<Node>, runtime: Runtime, buffers: PathBuf, stale_reads: bool) -> Result<Self> {
+    pub(crate) fn new(node: Arc<Node>, runtime: Runtime, buffers: PathBuf, stale_reads: bool) -> Result<Self> {
         let handles =
             Handles::open(buffers.clone()).map_err(|e| Error::io(format!("create {}", buffers.display()), e))?;
         let shared = Shared {
@@ -76,7 +64,7 @@ impl RaftFs {
     }
 
     /// The shared state, for the cache-invalidation thread.
-    pub fn shared(&self) -> Arc<Shared> {
+    pub(crate) fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
 
@@ -84,131 +72,6 @@ impl RaftFs {
     fn later(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         self.runtime.spawn(f);
     }
-}
-
-impl Shared {
-    /// The path of an inode, or ENOENT.
-    pub fn path(&self, ino: u64) -> std::result::Result<String, libc::c_int> {
-        self.inodes.lock().expect("inode lock").path(ino).map(str::to_string).ok_or(libc::ENOENT)
-    }
-
-    /// Known inode of a path, for invalidation.
-    pub fn known(&self, path: &str) -> Option<u64> {
-        self.inodes.lock().expect("inode lock").get(path)
-    }
-
-    /// Every known inode, for a full invalidation.
-    pub fn all_known(&self) -> Vec<u64> {
-        self.inodes.lock().expect("inode lock").all()
-    }
-
-    fn child(&self, parent: u64, name: &OsStr) -> std::result::Result<String, libc::c_int> {
-        let name = name.to_str().ok_or(libc::EINVAL)?;
-        let path = child_path(&self.path(parent)?, name);
-        names::validate(&path).map_err(|e| errno(&e))?;
-        Ok(path)
-    }
-
-    fn stat(&self, ino: u64, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
-        let stat = match (self.node.store().stat(path), self.handles.buffered_size(ino)) {
-            (Ok(mut s), Some(size)) => {
-                s.size = size;
-                s
-            }
-            (Ok(s), None) => s,
-            // Created through this mount and not yet committed.
-            (Err(_), Some(size)) => Stat { is_dir: false, size, mtime: SystemTime::now() },
-            (Err(e), None) => return Err(errno(&e)),
-        };
-        Ok(attr(ino, &stat, self.uid, self.gid))
-    }
-
-    /// Modes and owners are not replicated: a chmod or chown that would change them fails
-    /// with EPERM rather than succeed without effect (`chmod 600 secret` must not pretend).
-    /// Setting what the file already shows is allowed, so `cp -p` and `tar` of files with
-    /// the usual modes work.
-    fn check_unreplicated(
-        &self,
-        ino: u64,
-        path: &str,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> std::result::Result<(), libc::c_int> {
-        if mode.is_none() && uid.is_none() && gid.is_none() {
-            return Ok(());
-        }
-        let current = self.stat(ino, path)?;
-        let same_mode = mode.is_none_or(|m| m & 0o7777 == u32::from(current.perm));
-        let same_owner = uid.is_none_or(|u| u == current.uid) && gid.is_none_or(|g| g == current.gid);
-        if same_mode && same_owner {
-            Ok(())
-        } else {
-            Err(libc::EPERM)
-        }
-    }
-
-    /// truncate/ftruncate: resizes the open writer's buffer (committed at close), or for
-    /// truncate(2) on a path with no writer, a temporary writer committed at once.
-    async fn resize(&self, ino: u64, path: &str, open_writer: Option<&handles::Shared>, size: u64) -> Result<()> {
-        let resize_err = |e| Error::io("resize", std::io::Error::from_raw_os_error(e));
-        if let Some(handle) = open_writer {
-            return locked(handle).resize(size).map_err(resize_err);
-        }
-        let (fh, h) = self.handles.insert(self.writer(ino, path, false)?);
-        let resized = locked(&h).resize(size);
-        let committed = match resized {
-            Ok(()) => self.commit(&h).await,
-            Err(e) => Err(resize_err(e)),
-        };
-        self.handles.remove(fh);
-        committed
-    }
-
-    /// utimes: a time set while contents are uncommitted travels with them; otherwise it is
-    /// replicated at once (`file:touch`).
-    async fn set_mtime(&self, path: &str, open_writer: Option<&handles::Shared>, t: TimeOrNow) -> Result<()> {
-        let when = nanos(match t {
-            TimeOrNow::SpecificTime(t) => t,
-            TimeOrNow::Now => SystemTime::now(),
-        });
-        if open_writer.is_some_and(|h| locked(h).set_pending_mtime(when)) {
-            return Ok(());
-        }
-        self.node.touch(path, when).await
-    }
-
-    fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
-        let ino = self.inodes.lock().expect("inode lock").ino(path);
-        self.stat(ino, path)
-    }
-
-    fn handle(&self, fh: u64) -> std::result::Result<handles::Shared, libc::c_int> {
-        self.handles.get(fh).ok_or(libc::EBADF)
-    }
-
-    /// A new write handle for `path`, holding its committed contents unless `truncate`.
-    fn writer(&self, ino: u64, path: &str, truncate: bool) -> Result<Handle> {
-        let committed = match self.node.store().open_file(path) {
-            Ok(file) => Some(file),
-            Err(Error::File(FileError::NotFound(_))) => None,
-            Err(e) => return Err(e),
-        };
-        self.handles.new_writer(ino, committed, truncate).map_err(|e| Error::io(format!("write buffer for {path}"), e))
-    }
-
-    /// Proposes a handle's buffered contents if they changed since the last commit.
-    async fn commit(&self, handle: &handles::Shared) -> Result<()> {
-        let pending = locked(handle).take_pending().map_err(|e| Error::io("clone write buffer", e))?;
-        let Some(pending) = pending else { return Ok(()) };
-        let path = self.path(pending.ino).map_err(|_| FileError::NotFound(format!("inode {}", pending.ino)))?;
-        debug!(path, "commit");
-        self.node.write_file_from(&path, &pending.contents, pending.mtime).await
-    }
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 impl Filesystem for RaftFs {

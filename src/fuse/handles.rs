@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One open file.
-pub enum Handle {
+pub(crate) enum Handle {
     /// Opened for reading.
     Read(File),
     /// Opened for writing.
@@ -18,7 +18,7 @@ pub enum Handle {
 }
 
 /// Buffered contents of a file opened for writing.
-pub struct Writer {
+pub(crate) struct Writer {
     /// The inode being written.
     pub ino: u64,
     buffer: File,
@@ -36,7 +36,7 @@ impl Drop for Writer {
 }
 
 /// What a commit sends: the inode, a handle on the buffered contents, and the time to stamp.
-pub struct Pending {
+pub(crate) struct Pending {
     /// The inode written.
     pub ino: u64,
     /// The buffered contents.
@@ -47,7 +47,7 @@ pub struct Pending {
 
 impl Handle {
     /// The file reads are served from.
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         match self {
             Handle::Read(file) => file,
             Handle::Write(w) => &w.buffer,
@@ -55,12 +55,12 @@ impl Handle {
     }
 
     /// Whether uncommitted writes are buffered.
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         matches!(self, Handle::Write(Writer { dirty: true, .. }))
     }
 
     /// Buffers `data` at `offset`; EBADF on a read handle.
-    pub fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), libc::c_int> {
+    pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => {
                 w.buffer.write_all_at(data, offset).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
@@ -72,7 +72,7 @@ impl Handle {
     }
 
     /// Sets the buffered size; EBADF on a read handle.
-    pub fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
+    pub(crate) fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => {
                 w.buffer.set_len(size).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
@@ -84,7 +84,7 @@ impl Handle {
     }
 
     /// Records a modification time for pending contents; false if none are pending.
-    pub fn set_pending_mtime(&mut self, when: u64) -> bool {
+    pub(crate) fn set_pending_mtime(&mut self, when: u64) -> bool {
         match self {
             Handle::Write(w) if w.dirty => {
                 w.mtime = Some(when);
@@ -95,7 +95,7 @@ impl Handle {
     }
 
     /// Takes what must be committed, marking the handle clean; `None` if nothing is pending.
-    pub fn take_pending(&mut self) -> io::Result<Option<Pending>> {
+    pub(crate) fn take_pending(&mut self) -> io::Result<Option<Pending>> {
         match self {
             Handle::Write(w) if w.dirty => {
                 let contents = w.buffer.try_clone()?;
@@ -108,10 +108,10 @@ impl Handle {
 }
 
 /// A shared, lockable handle. std lock: held for a local pread/pwrite at most.
-pub type Shared = Arc<Mutex<Handle>>;
+pub(crate) type Shared = Arc<Mutex<Handle>>;
 
 /// The table of open handles, by FUSE file handle number.
-pub struct Handles {
+pub(crate) struct Handles {
     /// std lock: table edits only.
     table: Mutex<HashMap<u64, Shared>>,
     next: AtomicU64,
@@ -124,7 +124,7 @@ fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
 
 impl Handles {
     /// A table whose write buffers live in `buffers` (emptied first: leftovers of a crash).
-    pub fn open(buffers: PathBuf) -> io::Result<Self> {
+    pub(crate) fn open(buffers: PathBuf) -> io::Result<Self> {
         let _ = std::fs::remove_dir_all(&buffers);
         std::fs::create_dir_all(&buffers)?;
         Ok(Handles { table: Mutex::default(), next: AtomicU64::new(1), buffers })
@@ -135,7 +135,7 @@ impl Handles {
     }
 
     /// Registers a handle; returns its number and a shared reference.
-    pub fn insert(&self, handle: Handle) -> (u64, Shared) {
+    pub(crate) fn insert(&self, handle: Handle) -> (u64, Shared) {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Mutex::new(handle));
         self.table().insert(fh, shared.clone());
@@ -143,22 +143,22 @@ impl Handles {
     }
 
     /// The handle with this number.
-    pub fn get(&self, fh: u64) -> Option<Shared> {
+    pub(crate) fn get(&self, fh: u64) -> Option<Shared> {
         self.table().get(&fh).cloned()
     }
 
     /// Forgets a handle (its write buffer is deleted when the last reference goes).
-    pub fn remove(&self, fh: u64) {
+    pub(crate) fn remove(&self, fh: u64) {
         self.table().remove(&fh);
     }
 
     /// An open write handle of `ino`, if any.
-    pub fn writer_of(&self, ino: u64) -> Option<Shared> {
+    pub(crate) fn writer_of(&self, ino: u64) -> Option<Shared> {
         self.table().values().find(|h| matches!(&*lock(h), Handle::Write(w) if w.ino == ino)).cloned()
     }
 
     /// The size of `ino`'s buffered contents, if some handle is writing it.
-    pub fn buffered_size(&self, ino: u64) -> Option<u64> {
+    pub(crate) fn buffered_size(&self, ino: u64) -> Option<u64> {
         self.table().values().find_map(|h| match &*lock(h) {
             Handle::Write(w) if w.ino == ino => w.buffer.metadata().ok().map(|m| m.len()),
             _ => None,
@@ -167,7 +167,7 @@ impl Handles {
 
     /// A write handle for `ino`, starting from the `committed` contents unless `truncate`
     /// (or the file does not exist yet).
-    pub fn new_writer(&self, ino: u64, committed: Option<File>, truncate: bool) -> io::Result<Handle> {
+    pub(crate) fn new_writer(&self, ino: u64, committed: Option<File>, truncate: bool) -> io::Result<Handle> {
         let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
         let mut buffer = File::options().read(true).write(true).create(true).truncate(true).open(&buffer_path)?;
         if let (false, Some(mut committed)) = (truncate, committed) {
@@ -178,7 +178,7 @@ impl Handles {
 }
 
 /// Locks a shared handle.
-pub fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
+pub(crate) fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
     lock(h)
 }
 

@@ -13,11 +13,11 @@ use fuser::{FileAttr, FileType};
 use crate::store::Stat;
 
 /// The root directory's inode number (FUSE's convention).
-pub const ROOT: u64 = 1;
+pub(crate) const ROOT: u64 = 1;
 
 /// Bidirectional path ↔ inode table. The root is the empty path.
 #[derive(Debug)]
-pub struct Inodes {
+pub(crate) struct Inodes {
     by_ino: HashMap<u64, String>,
     by_path: HashMap<String, u64>,
     next: u64,
@@ -34,17 +34,17 @@ impl Default for Inodes {
 
 impl Inodes {
     /// The path of an inode.
-    pub fn path(&self, ino: u64) -> Option<&str> {
+    pub(crate) fn path(&self, ino: u64) -> Option<&str> {
         self.by_ino.get(&ino).map(String::as_str)
     }
 
     /// The inode of a path, if it has been looked up.
-    pub fn get(&self, path: &str) -> Option<u64> {
+    pub(crate) fn get(&self, path: &str) -> Option<u64> {
         self.by_path.get(path).copied()
     }
 
     /// The inode of a path, assigning one if needed.
-    pub fn ino(&mut self, path: &str) -> u64 {
+    pub(crate) fn ino(&mut self, path: &str) -> u64 {
         if let Some(&ino) = self.by_path.get(path) {
             return ino;
         }
@@ -56,12 +56,12 @@ impl Inodes {
     }
 
     /// Every assigned inode number.
-    pub fn all(&self) -> Vec<u64> {
+    pub(crate) fn all(&self) -> Vec<u64> {
         self.by_ino.keys().copied().collect()
     }
 
     /// Records a rename of `from` (and everything below it) to `to`.
-    pub fn rename(&mut self, from: &str, to: &str) {
+    pub(crate) fn rename(&mut self, from: &str, to: &str) {
         let prefix = format!("{from}/");
         let moved: Vec<(String, u64)> = self
             .by_path
@@ -84,7 +84,7 @@ impl Inodes {
 
 /// FUSE attributes for a replicated entry. Permissions are fixed (0755 directories, 0644
 /// files, owned by the mounting user): the tree replicates contents and times, not modes.
-pub fn attr(ino: u64, stat: &Stat, uid: u32, gid: u32) -> FileAttr {
+pub(crate) fn attr(ino: u64, stat: &Stat, uid: u32, gid: u32) -> FileAttr {
     let (kind, perm, nlink) =
         if stat.is_dir { (FileType::Directory, 0o755, 2) } else { (FileType::RegularFile, 0o644, 1) };
     FileAttr {

@@ -6,10 +6,11 @@
 //! turns applied changes into kernel page/attribute invalidations. Dropping the `Mount`
 //! unmounts.
 
-pub mod errno;
-pub mod fs;
-pub mod handles;
-pub mod inodes;
+pub(crate) mod errno;
+pub(crate) mod fs;
+pub(crate) mod handles;
+pub(crate) mod inodes;
+pub(crate) mod shared;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::node::Node;
 use crate::store::Change;
 
 /// A live mount; unmounted on drop.
-pub struct Mount {
+pub(crate) struct Mount {
     session: Option<BackgroundSession>,
     path: PathBuf,
 }
@@ -32,7 +33,7 @@ impl Mount {
     /// Mounts the replicated tree of `node` at `path`.
     /// Only the mounting user may use it unless `allow_other` (which also lets the kernel check
     /// the permissions each file shows, with `default_permissions`).
-    pub fn start(node: Arc<Node>, path: &Path, stale_reads: bool, allow_other: bool) -> Result<Mount> {
+    pub(crate) fn start(node: Arc<Node>, path: &Path, stale_reads: bool, allow_other: bool) -> Result<Mount> {
         prepare(path)?;
         let buffers = node.config().data_dir.join("fuse");
         let changes = node.store().subscribe();
@@ -100,14 +101,14 @@ fn detach(path: &Path) {
 }
 
 /// Whether `path` is a mount point, per the kernel's mount table.
-pub fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     let Ok(abs) = std::path::absolute(path) else { return false };
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
     table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&m.replace("\\040", " ")) == abs)
 }
 
 /// Drops the kernel's cached pages and attributes of whatever each applied change touched.
-fn invalidate(mut changes: tokio::sync::broadcast::Receiver<Change>, notifier: Notifier, shared: Arc<fs::Shared>) {
+fn invalidate(mut changes: tokio::sync::broadcast::Receiver<Change>, notifier: Notifier, shared: Arc<shared::Shared>) {
     loop {
         let paths = match changes.blocking_recv() {
             Ok(Change::Path(p)) => vec![p],

@@ -12,14 +12,14 @@ use crate::error::Result;
 use crate::node::{JoinRequest, Node, RemoveRequest};
 
 /// `POST /cluster/join {"id": …, "name": "host:port"}`: add a node as a voting member.
-pub async fn join(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode> {
+pub(crate) async fn join(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode> {
     let req: JoinRequest = serde_json::from_slice(&body)?;
     node.join(req).await?;
     Ok(StatusCode::OK)
 }
 
 /// `POST /cluster/remove {"name": "host:port"}`: remove a member.
-pub async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode> {
+pub(crate) async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode> {
     let req: RemoveRequest = serde_json::from_slice(&body)?;
     node.remove(req).await?;
     Ok(StatusCode::OK)

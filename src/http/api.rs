@@ -20,7 +20,7 @@ use crate::node::{Node, Status};
 /// `?consistency=` values.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Consistency {
+pub(crate) enum Consistency {
     /// Sees every write acknowledged before the read began (default).
     #[default]
     Linearizable,
@@ -30,13 +30,13 @@ pub enum Consistency {
 
 /// Query parameters of a read.
 #[derive(Debug, Default, Deserialize)]
-pub struct ReadParams {
+pub(crate) struct ReadParams {
     #[serde(default)]
     consistency: Consistency,
 }
 
 /// `GET /files/<path>`: a file's bytes, or a directory listing.
-pub async fn get_file(
+pub(crate) async fn get_file(
     State(node): State<Arc<Node>>,
     path: Option<Path<String>>,
     Query(params): Query<ReadParams>,
@@ -62,7 +62,7 @@ pub async fn get_file(
 }
 
 /// `POST`/`PUT /files/<path>`: replace the file with the body; answers once committed.
-pub async fn put_file(
+pub(crate) async fn put_file(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -75,18 +75,18 @@ pub async fn put_file(
 }
 
 /// `DELETE /files/<path>`: remove a file or an empty directory.
-pub async fn delete_file(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<StatusCode> {
+pub(crate) async fn delete_file(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<StatusCode> {
     node.delete(&name).await?;
     Ok(StatusCode::OK)
 }
 
 /// `GET /status`.
-pub async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
+pub(crate) async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
     Json(node.status())
 }
 
 /// `GET /log`: the log file's text.
-pub async fn log(State(node): State<Arc<Node>>) -> Result<Response> {
+pub(crate) async fn log(State(node): State<Arc<Node>>) -> Result<Response> {
     let text = node.log_text()?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use crate::error::{Error, FileError};
 
 /// The status code a client sees for each kind of error.
-pub fn status_of(err: &Error) -> StatusCode {
+pub(crate) fn status_of(err: &Error) -> StatusCode {
     match err {
         Error::InvalidPath { .. } | Error::BadRequest(_) | Error::File(FileError::InvalidPath(_)) => {
             StatusCode::BAD_REQUEST

@@ -21,19 +21,19 @@ use tokio::sync::Semaphore;
 use super::listener::Remote;
 
 /// Requests in flight on the client routes (`/files`, `/status`, `/log`) before 503.
-pub const MAX_CLIENT_REQUESTS: usize = 1024;
+pub(crate) const MAX_CLIENT_REQUESTS: usize = 1024;
 /// Requests in flight on the peer and membership routes before 503.
-pub const MAX_PEER_REQUESTS: usize = 256;
+pub(crate) const MAX_PEER_REQUESTS: usize = 256;
 
 /// What a peer or operator must show.
-pub struct PeerGuard {
+pub(crate) struct PeerGuard {
     token: Option<Vec<u8>>,
     require_client_cert: bool,
 }
 
 impl PeerGuard {
     /// A guard for the given token and mutual-TLS requirement.
-    pub fn new(token: Option<&str>, require_client_cert: bool) -> Self {
+    pub(crate) fn new(token: Option<&str>, require_client_cert: bool) -> Self {
         PeerGuard { token: token.map(|t| t.as_bytes().to_vec()), require_client_cert }
     }
 
@@ -59,7 +59,7 @@ impl PeerGuard {
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -68,11 +68,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware: refuses with 401 whatever the guard does not admit.
-pub async fn require_member(State(guard): State<Arc<PeerGuard>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_member(State(guard): State<Arc<PeerGuard>>, req: Request, next: Next) -> Response {
     match guard.admits(&req) {
         Ok(()) => next.run(req).await,
         Err(why) => {
-            tracing::debug!(path = %req.uri().path(), why, "refused an unauthenticated peer request");
+            let from = req.extensions().get::<ConnectInfo<Remote>>().map(|c| c.0.addr);
+            tracing::debug!(path = %req.uri().path(), ?from, why, "refused an unauthenticated peer request");
             (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response()
         }
     }
@@ -81,7 +82,7 @@ pub async fn require_member(State(guard): State<Arc<PeerGuard>>, req: Request, n
 /// A cap on requests in flight, an optional deadline for each, and an optional body size
 /// that a declared `Content-Length` may not exceed.
 #[derive(Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     permits: Arc<Semaphore>,
     deadline: Option<Duration>,
     max_body: Option<usize>,
@@ -89,13 +90,13 @@ pub struct Limits {
 
 impl Limits {
     /// At most `max` requests at once, each given at most `deadline` if set.
-    pub fn new(max: usize, deadline: Option<Duration>) -> Self {
+    pub(crate) fn new(max: usize, deadline: Option<Duration>) -> Self {
         Limits { permits: Arc::new(Semaphore::new(max)), deadline, max_body: None }
     }
 
     /// Also refuse, before reading any of it, a body declared larger than `bytes`. (Bodies
     /// without a length are still cut off at the limit by the extractors.)
-    pub fn max_body(mut self, bytes: usize) -> Self {
+    pub(crate) fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = Some(bytes);
         self
     }
@@ -103,7 +104,7 @@ impl Limits {
 
 /// Middleware: 413 for a declared body over the limit, 503 when too many requests are in
 /// flight, 503 when one overruns its deadline.
-pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+pub(crate) async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let (Some(max), Some(len)) = (limits.max_body, declared) {
         if len > max as u64 {

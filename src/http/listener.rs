@@ -23,13 +23,13 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 /// How long a client may take to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for the HTTP server; the accept loop waits when it is full.
 const QUEUE: usize = 128;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// The peer's address.
     pub addr: SocketAddr,
     /// It presented a client certificate that chains to the node's CA.
@@ -37,7 +37,7 @@ pub struct Remote {
 }
 
 /// A connection: plain TCP or TLS over TCP.
-pub enum Stream {
+pub(crate) enum Stream {
     /// Plain HTTP.
     Plain(TcpStream),
     /// HTTPS.
@@ -45,14 +45,14 @@ pub enum Stream {
 }
 
 /// Accepted connections for axum.
-pub struct Listener {
+pub(crate) struct Listener {
     ready: mpsc::Receiver<(Stream, Remote)>,
     local: Remote,
 }
 
 impl Listener {
     /// Starts accepting on `tcp`, with TLS if `tls` is given.
-    pub fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Self> {
+    pub(crate) fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Self> {
         let local = Remote { addr: tcp.local_addr()?, verified_client: false };
         let (tx, ready) = mpsc::channel(QUEUE);
         tokio::spawn(accept_loop(tcp, tls.map(TlsAcceptor::from), tx));

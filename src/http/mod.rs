@@ -10,12 +10,12 @@
 //!
 //! Each group has its own cap on requests in flight, so client load cannot starve Raft.
 
-pub mod admin;
-pub mod api;
-pub mod error;
-pub mod guard;
-pub mod listener;
-pub mod peer;
+pub(crate) mod admin;
+pub(crate) mod api;
+pub(crate) mod error;
+pub(crate) mod guard;
+pub(crate) mod listener;
+pub(crate) mod peer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ use guard::{Limits, PeerGuard};
 const PEER_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// All routes of a node.
-pub fn router(node: Arc<Node>) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     let config = node.config();
     let files = get(api::get_file).post(api::put_file).put(api::put_file).delete(api::delete_file);
     let client = Router::new()

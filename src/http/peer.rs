@@ -22,7 +22,7 @@ use crate::raft::{NodeId, TypeConfig};
 
 /// Every Raft RPC names the node it is meant for.
 #[derive(Debug, Deserialize)]
-pub struct Target {
+pub(crate) struct Target {
     target: NodeId,
 }
 
@@ -47,7 +47,7 @@ fn misdirected(node: &Node, target: NodeId) -> Option<Response> {
 }
 
 /// `POST /raft/append`
-pub async fn append(
+pub(crate) async fn append(
     State(node): State<Arc<Node>>,
     Query(t): Query<Target>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
@@ -63,7 +63,7 @@ pub async fn append(
 }
 
 /// `POST /raft/vote`
-pub async fn vote(
+pub(crate) async fn vote(
     State(node): State<Arc<Node>>,
     Query(t): Query<Target>,
     Json(req): Json<VoteRequest<NodeId>>,
@@ -80,7 +80,7 @@ pub async fn vote(
 }
 
 /// `POST /raft/snapshot`
-pub async fn snapshot(
+pub(crate) async fn snapshot(
     State(node): State<Arc<Node>>,
     Query(t): Query<Target>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
@@ -96,7 +96,7 @@ pub async fn snapshot(
 }
 
 /// `POST /raft/propose`: a forwarded command, run only if this node leads.
-pub async fn propose(State(node): State<Arc<Node>>, headers: HeaderMap, Json(cmd): Json<Command>) -> Response {
+pub(crate) async fn propose(State(node): State<Arc<Node>>, headers: HeaderMap, Json(cmd): Json<Command>) -> Response {
     if let Err(e) = node.check_forwarded(&cmd) {
         return e.into_response();
     }
@@ -105,25 +105,29 @@ pub async fn propose(State(node): State<Arc<Node>>, headers: HeaderMap, Json(cmd
 }
 
 /// `POST /raft/read-index`: confirm leadership, answer the read index.
-pub async fn read_index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+pub(crate) async fn read_index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
     let timeout = caller_deadline(&node, &headers);
     Json(node.read_index_local(timeout).await).into_response()
 }
 
 /// `POST /raft/join`: a forwarded join.
-pub async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, Json(req): Json<JoinRequest>) -> Response {
+pub(crate) async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, Json(req): Json<JoinRequest>) -> Response {
     let timeout = caller_deadline(&node, &headers);
     Json(node.join_local(req, timeout).await).into_response()
 }
 
 /// `POST /raft/remove`: a forwarded removal.
-pub async fn remove(State(node): State<Arc<Node>>, headers: HeaderMap, Json(req): Json<RemoveRequest>) -> Response {
+pub(crate) async fn remove(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Json(req): Json<RemoveRequest>,
+) -> Response {
     let timeout = caller_deadline(&node, &headers);
     Json(node.remove_local(req, timeout).await).into_response()
 }
 
 /// `POST /raft/removed`: the leader says this node is no longer a member.
-pub async fn removed(State(node): State<Arc<Node>>, Query(t): Query<Target>) -> Response {
+pub(crate) async fn removed(State(node): State<Arc<Node>>, Query(t): Query<Target>) -> Response {
     if let Some(r) = misdirected(&node, t.target) {
         return r;
     }

@@ -13,7 +13,7 @@ use crate::store::snapshot::Validator;
 impl Node {
     /// Checks a command that arrived from a peer with the rules the public API applies to a
     /// client's request: clean names, content within one entry's size.
-    pub fn check_forwarded(&self, cmd: &Command) -> Result<()> {
+    pub(crate) fn check_forwarded(&self, cmd: &Command) -> Result<()> {
         for name in cmd.names() {
             names::validate(name)?;
         }
@@ -27,7 +27,10 @@ impl Node {
     /// Checks the next piece of a snapshot from the leader before openraft stores it: pieces
     /// must arrive in order and form a valid archive, or the piece is refused and the node
     /// keeps its state (openraft would treat a failed install as fatal).
-    pub fn check_snapshot_chunk(&self, req: &InstallSnapshotRequest<TypeConfig>) -> std::result::Result<(), String> {
+    pub(crate) fn check_snapshot_chunk(
+        &self,
+        req: &InstallSnapshotRequest<TypeConfig>,
+    ) -> std::result::Result<(), String> {
         let mut incoming = self.incoming_snapshot.lock().expect("snapshot check lock poisoned");
         if req.offset == 0 {
             *incoming = Some((req.meta.snapshot_id.clone(), Validator::default()));

@@ -51,7 +51,7 @@ impl Node {
     // ---- leader-side halves (also the targets of forwarded requests) ------------------
 
     /// Appends and commits a command on this node, which must be the leader.
-    pub async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<Applied> {
+    pub(crate) async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<Applied> {
         self.check_leader()?;
         debug!(name = cmd.name(), "propose");
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
@@ -65,7 +65,7 @@ impl Node {
     }
 
     /// Confirms leadership with a quorum and returns the index a linearizable read must see.
-    pub async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
+    pub(crate) async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
         self.check_leader()?;
         match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
             Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index)),
@@ -79,7 +79,7 @@ impl Node {
     }
 
     /// Adds a learner and promotes it to voter; idempotent.
-    pub async fn join_local(&self, req: JoinRequest, timeout: Duration) -> LeaderReply<()> {
+    pub(crate) async fn join_local(&self, req: JoinRequest, timeout: Duration) -> LeaderReply<()> {
         check_name(&req.name).map_err(Refusal::Rejected)?;
         self.check_leader()?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
@@ -104,7 +104,7 @@ impl Node {
     }
 
     /// Removes a member; tells it so, so it stops campaigning.
-    pub async fn remove_local(&self, req: RemoveRequest, timeout: Duration) -> LeaderReply<()> {
+    pub(crate) async fn remove_local(&self, req: RemoveRequest, timeout: Duration) -> LeaderReply<()> {
         self.check_leader()?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();

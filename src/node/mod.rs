@@ -128,7 +128,7 @@ impl Node {
     }
 
     /// The node's peer client (cluster scheme, token, TLS).
-    pub fn client(&self) -> &HttpClient {
+    pub(crate) fn client(&self) -> &HttpClient {
         &self.client
     }
 
@@ -138,17 +138,17 @@ impl Node {
     }
 
     /// The log file's text, as `GET /log` serves it.
-    pub fn log_text(&self) -> Result<Vec<u8>> {
+    pub(crate) fn log_text(&self) -> Result<Vec<u8>> {
         self.log.text().map_err(|e| Error::io("read log", e))
     }
 
     /// Resolves when the cluster has removed this node.
-    pub async fn removed(&self) {
+    pub(crate) async fn removed(&self) {
         self.removed.notified().await
     }
 
     /// Marks this node removed (told so by the leader).
-    pub fn mark_removed(&self) {
+    pub(crate) fn mark_removed(&self) {
         warn!("this node was removed from the cluster; shutting down");
         self.removed.notify_one();
     }

@@ -16,11 +16,11 @@ use tracing::debug;
 use super::Raft;
 
 /// Failed elections (term increases with no leader) tolerated before nudging.
-pub const FAILED_ROUNDS_BEFORE_NUDGE: u64 = 2;
+pub(crate) const FAILED_ROUNDS_BEFORE_NUDGE: u64 = 2;
 
 /// Watches the node's metrics until Raft stops; nudges an election, after a random delay
 /// below `spread`, whenever `FAILED_ROUNDS_BEFORE_NUDGE` elections in a row found no leader.
-pub async fn break_split_votes(raft: Raft, spread: Duration) {
+pub(crate) async fn break_split_votes(raft: Raft, spread: Duration) {
     let mut metrics = raft.metrics();
     let mut leaderless_since: Option<u64> = None;
     loop {

@@ -11,7 +11,7 @@ use super::{NodeId, StoredMembership, TypeConfig};
 
 /// An AppendEntries must carry consecutive entries that follow `prev_log_id`, with terms
 /// that never decrease and never exceed the sender's term.
-pub fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+pub(crate) fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
     let term = req.vote.leader_id().term;
     let first = req.prev_log_id.map_or(0, |l| l.index + 1);
     let mut last_term = req.prev_log_id.map_or(0, |l| l.leader_id.term);
@@ -33,7 +33,7 @@ pub fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String
 
 /// A vote may only be asked for by a member this node knows: a removed node or a stranger
 /// must not disturb the cluster by forcing a new term.
-pub fn check_vote(req: &VoteRequest<NodeId>, membership: &StoredMembership) -> Result<(), String> {
+pub(crate) fn check_vote(req: &VoteRequest<NodeId>, membership: &StoredMembership) -> Result<(), String> {
     let Some(candidate) = req.vote.leader_id().voted_for() else {
         return Err("vote request names no candidate".into());
     };

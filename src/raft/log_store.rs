@@ -30,7 +30,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, Vote};
 use tracing::{debug, info, warn};
 
-use super::log_format::{self, DecodeError};
+use super::log_format::{self, DecodeError, Header};
 use super::{storage_io, Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -40,13 +40,13 @@ use crate::fsutil;
 /// the same stream: a batch that cannot be sent, parsed and fsynced in time times out and is
 /// sent again, and a follower that hears nothing calls an election. 1 MiB (four default-size
 /// chunks) leaves a wide margin on a loaded machine. A single larger entry is still returned.
-pub const MAX_READ_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_READ_BYTES: u64 = 1 << 20;
 
 /// Name of the log file inside the data directory.
-pub const LOG_FILE: &str = "log";
+pub(crate) const LOG_FILE: &str = "log";
 
 /// The log store handed to openraft; also the place the commit index is observed.
-pub struct LogStore {
+pub(crate) struct LogStore {
     shared: Arc<Shared>,
 }
 
@@ -134,7 +134,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, verifying every line.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         let last_purged: Option<LogId> =
             fsutil::read_json(&dir.join("purged")).context(|| "read the purge point".into())?.flatten();
         let mut log = load(&dir.join(LOG_FILE), last_purged)?;
@@ -156,7 +156,7 @@ impl LogStore {
     }
 
     /// A reader for `GET /log` and tests.
-    pub fn reader(&self) -> LogReader {
+    pub(crate) fn reader(&self) -> LogReader {
         LogReader { shared: self.shared.clone() }
     }
 }
@@ -370,9 +370,7 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
         end: 0,
         last_purged,
     };
-    let mut offset = 0u64;
-    let mut line = Vec::new();
-    let mut line_no = 0usize;
+    let (mut offset, mut line_no, mut line) = (0u64, 0usize, Vec::new());
     let mut expected: Option<u64> = None;
     loop {
         line.clear();
@@ -382,7 +380,6 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
         }
         line_no += 1;
         let at_end = reader.fill_buf().map(|b| b.is_empty()).unwrap_or(false);
-        let index_hint = expected.map(|e| format!(" (entry at index {e})")).unwrap_or_default();
         let header = match log_format::decode_header(&line) {
             Ok(h) => h,
             Err(e) if at_end => {
@@ -391,16 +388,12 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
                 log.file.sync_data().context(|| format!("fsync {}", path.display()))?;
                 break;
             }
-            Err(e) => return Err(corrupt(path, line_no, format!("{e}{index_hint}"))),
-        };
-        if let Some(want) = expected {
-            if header.index != want {
-                return Err(corrupt(path, line_no, format!("index {} follows index {}", header.index, want - 1)));
+            Err(e) => {
+                let hint = expected.map(|e| format!(" (entry at index {e})")).unwrap_or_default();
+                return Err(corrupt(path, line_no, format!("{e}{hint}")));
             }
-        }
-        if let Err(e @ DecodeError::Malformed(_)) = log_format::decode(&line).map(|_| ()) {
-            return Err(corrupt(path, line_no, format!("{e} (entry at index {})", header.index)));
-        }
+        };
+        check_entry(path, line_no, &line, header, expected)?;
         expected = Some(header.index + 1);
         if header.index >= first_index {
             if log.entries.is_empty() {
@@ -411,13 +404,32 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
         offset += n as u64;
     }
     log.end = offset;
-    if let (Some(p), Some(_)) = (last_purged, log.entries.front()) {
+    check_purge_point(&log, path)?;
+    Ok(log)
+}
+
+/// A line whose checksum verified must also continue the index sequence and decode.
+fn check_entry(path: &Path, line_no: usize, line: &[u8], header: Header, expected: Option<u64>) -> Result<()> {
+    if let Some(want) = expected {
+        if header.index != want {
+            return Err(corrupt(path, line_no, format!("index {} follows index {}", header.index, want - 1)));
+        }
+    }
+    if let Err(e @ DecodeError::Malformed(_)) = log_format::decode(line).map(|_| ()) {
+        return Err(corrupt(path, line_no, format!("{e} (entry at index {})", header.index)));
+    }
+    Ok(())
+}
+
+/// The first entry kept must follow the purge point exactly.
+fn check_purge_point(log: &LogFile, path: &Path) -> Result<()> {
+    if let (Some(p), Some(_)) = (log.last_purged, log.entries.front()) {
         if log.first_index != p.index + 1 {
             let reason = format!("first entry is index {} but entries up to {} were purged", log.first_index, p.index);
             return Err(corrupt(path, 1, reason));
         }
     }
-    Ok(log)
+    Ok(())
 }
 
 fn corrupt(path: &Path, line: usize, reason: String) -> Error {

@@ -6,11 +6,11 @@
 //! lives in `crate::store`, because it is the replicated file tree, not Raft machinery.
 
 pub mod command;
-pub mod elections;
-pub mod inbound;
+pub(crate) mod elections;
+pub(crate) mod inbound;
 pub mod log_format;
-pub mod log_store;
-pub mod network;
+pub(crate) mod log_store;
+pub(crate) mod network;
 pub mod routes;
 
 use serde::{Deserialize, Serialize};

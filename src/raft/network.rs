@@ -22,19 +22,19 @@ use super::{NodeId, PeerNode, PeerRoute, TypeConfig};
 use crate::client::{HttpClient, SendError};
 
 /// Hands out per-peer connections that share one pool.
-pub struct Network {
+pub(crate) struct Network {
     client: HttpClient,
 }
 
 impl Network {
     /// A factory over the node's shared client.
-    pub fn new(client: HttpClient) -> Self {
+    pub(crate) fn new(client: HttpClient) -> Self {
         Network { client }
     }
 }
 
 /// openraft's handle to one peer; creating it does no I/O.
-pub struct PeerConn {
+pub(crate) struct PeerConn {
     client: HttpClient,
     target: NodeId,
     addr: String,

@@ -4,10 +4,10 @@
 //! the front ends use. Reads go straight to the files: every change is an atomic rename, so a
 //! reader sees a whole version of a file, never a partly written one.
 
-pub mod beneath;
+pub(crate) mod beneath;
 pub mod files;
 pub mod snapshot;
-pub mod state_machine;
+pub(crate) mod state_machine;
 
 use std::fs;
 use std::io;

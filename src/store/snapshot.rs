@@ -141,7 +141,7 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
 }
 
 /// Unpacks an archive into `dest/files` and `dest/uploads`, returning its header. Every
-/// record passes the same [`Layout`] checks as [`Validator`], so an archive the validator
+/// record passes the same layout checks as [`Validator`], so an archive the validator
 /// accepted always unpacks.
 pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
     let mut r = BufReader::with_capacity(1 << 20, archive);

@@ -31,7 +31,7 @@ use crate::raft::command::RequestId;
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many recent request ids the state machine remembers for de-duplication.
-pub const DEDUP_CAPACITY: usize = 10_000;
+pub(crate) const DEDUP_CAPACITY: usize = 10_000;
 
 /// Flag file in `sm/` written at a clean shutdown, after all applied files are synced.
 const CLEAN: &str = "clean";
@@ -132,28 +132,7 @@ impl StateMachine {
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         let store = FileStore::new(tree.clone(), changes.clone());
         let snapshots = data_dir.join("snapshots");
-        fs::create_dir_all(&snapshots)?;
-        let mut current: Option<(SnapshotMeta, PathBuf)> = None;
-        for entry in fs::read_dir(&snapshots)? {
-            let path = entry?.path();
-            let is_snap = path.extension().is_some_and(|e| e == "snap");
-            if !is_snap {
-                remove_any(&path)?;
-                continue;
-            }
-            match snapshot::read_header(&path) {
-                Ok(h) if current.as_ref().is_none_or(|(m, _)| m.last_log_id < h.meta.last_log_id) => {
-                    if let Some((_, old)) = current.replace((h.meta, path)) {
-                        fs::remove_file(old)?;
-                    }
-                }
-                Ok(_) => fs::remove_file(&path)?,
-                Err(e) => {
-                    warn!(path = %path.display(), cause = %e, "removing unreadable snapshot");
-                    fs::remove_file(&path)?;
-                }
-            }
-        }
+        let current = newest_snapshot(&snapshots)?;
         let marker_path = data_dir.join("sm").join("applied");
         let fresh = !marker_path.exists() && current.is_none();
         let marker: Marker = match fs::read(&marker_path) {
@@ -195,6 +174,33 @@ impl ShutdownHandle {
     pub fn mark_clean(&self) -> std::io::Result<()> {
         self.0.mark_clean()
     }
+}
+
+/// The newest readable snapshot in `dir`, removing older ones, unreadable ones and whatever a
+/// build or a transfer cut short left behind.
+fn newest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
+    fs::create_dir_all(dir)?;
+    let mut current: Option<(SnapshotMeta, PathBuf)> = None;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "snap") {
+            remove_any(&path)?;
+            continue;
+        }
+        match snapshot::read_header(&path) {
+            Ok(h) if current.as_ref().is_none_or(|(m, _)| m.last_log_id < h.meta.last_log_id) => {
+                if let Some((_, old)) = current.replace((h.meta, path)) {
+                    fs::remove_file(old)?;
+                }
+            }
+            Ok(_) => fs::remove_file(&path)?,
+            Err(e) => {
+                warn!(path = %path.display(), cause = %e, "removing unreadable snapshot");
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(current)
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {
