@@ -21,7 +21,7 @@ use bytes::Bytes;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, instrument, warn};
 
 pub use forward::{LeaderReply, Refusal, RETRY_INTERVAL};
 pub use leader::Applied;
@@ -156,6 +156,7 @@ impl Node {
     // ---- operations any front end may call on any node -------------------------------
 
     /// Replaces a whole file, in chunks if it is larger than one entry may carry.
+    #[instrument(level = "debug", skip(self, body), fields(len = body.len()))]
     pub async fn write_file(&self, name: &str, body: Bytes) -> Result<()> {
         names::validate(name)?;
         let mut pieces = body.chunks(self.config.chunk_size.max(1));
@@ -166,6 +167,7 @@ impl Node {
     /// Replaces a whole file with the contents of a local file, reading one chunk at a time so
     /// memory stays bounded whatever the size (FUSE buffers writes in such files).
     /// `mtime` defaults to now.
+    #[instrument(level = "debug", skip(self, file))]
     pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mtime: Option<u64>) -> Result<()> {
         use std::os::unix::fs::FileExt;
         names::validate(name)?;
@@ -218,12 +220,14 @@ impl Node {
     }
 
     /// Sets a file's or directory's modification time.
+    #[instrument(level = "debug", skip(self))]
     pub async fn touch(&self, name: &str, mtime: u64) -> Result<()> {
         names::validate(name)?;
         self.propose(Command::Touch(Touch { filename: name.into(), mtime })).await
     }
 
     /// Removes a file, or an empty directory.
+    #[instrument(level = "debug", skip(self))]
     pub async fn delete(&self, name: &str) -> Result<()> {
         names::validate(name)?;
         let cmd = match self.store.stat(name) {
@@ -234,24 +238,28 @@ impl Node {
     }
 
     /// Removes a file (not a directory).
+    #[instrument(level = "debug", skip(self))]
     pub async fn unlink(&self, name: &str) -> Result<()> {
         names::validate(name)?;
         self.propose(Command::Delete(Delete { filename: name.into(), req: None })).await
     }
 
     /// Removes an empty directory.
+    #[instrument(level = "debug", skip(self))]
     pub async fn rmdir(&self, name: &str) -> Result<()> {
         names::validate(name)?;
         self.propose(Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None })).await
     }
 
     /// Creates a directory.
+    #[instrument(level = "debug", skip(self))]
     pub async fn mkdir(&self, name: &str) -> Result<()> {
         names::validate(name)?;
         self.propose(Command::Mkdir(Dir { dirname: name.into(), mtime: files::now_nanos(), req: None })).await
     }
 
     /// Renames a file or directory.
+    #[instrument(level = "debug", skip(self))]
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         names::validate(from)?;
         names::validate(to)?;
@@ -260,6 +268,7 @@ impl Node {
 
     /// Replicates one command through the leader and returns its replicated outcome once
     /// this node has applied it too, so the caller's next local read sees it.
+    #[instrument(level = "debug", skip_all, fields(cmd = cmd.name()))]
     pub async fn propose(&self, mut cmd: Command) -> Result<()> {
         if cmd.req().is_none() {
             cmd.set_req(rand::random());
@@ -285,6 +294,7 @@ impl Node {
 
     /// Waits until this node's files reflect every write committed before the call began
     /// (read-index through the leader, then wait for the local apply).
+    #[instrument(level = "debug", skip_all)]
     pub async fn read_barrier(&self) -> Result<()> {
         let started = Instant::now();
         let index: Option<u64> =
@@ -296,12 +306,14 @@ impl Node {
     }
 
     /// Adds a node to the cluster (through the leader).
+    #[instrument(level = "debug", skip(self), fields(name = %req.name))]
     pub async fn join(&self, req: JoinRequest) -> Result<()> {
         check_name(&req.name).map_err(Error::BadRequest)?;
         self.on_leader(PeerRoute::Join, &req, |timeout| self.join_local(req.clone(), timeout)).await
     }
 
     /// Removes a member by name (through the leader).
+    #[instrument(level = "debug", skip(self), fields(name = %req.name))]
     pub async fn remove(&self, req: RemoveRequest) -> Result<()> {
         self.on_leader(PeerRoute::Remove, &req, |timeout| self.remove_local(req.clone(), timeout)).await
     }
