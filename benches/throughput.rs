@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use raftd::client::HttpClient;
 
 fn main() {
-    let secs: u64 = std::env::var("RAFTD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let secs: u64 = std::env::var("RAFTD_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let clients: Vec<usize> = std::env::var("RAFTD_BENCH_CLIENTS")
         .unwrap_or_else(|_| "1,4,16,64".into())
         .split(',')
@@ -28,7 +31,10 @@ fn main() {
     let leader = cluster.nodes[leader].name.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     println!("3-node cluster on loopback, 100-byte writes through the leader, {secs} s per row");
-    println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "clients", "writes/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:>8} {:>12} {:>10} {:>10} {:>10}",
+        "clients", "writes/s", "p50 ms", "p99 ms", "max ms"
+    );
     for n in clients {
         let (count, mut latencies) = runtime.block_on(run(&leader, n, Duration::from_secs(secs)));
         latencies.sort();
@@ -58,7 +64,13 @@ async fn run(leader: &str, clients: usize, duration: Duration) -> (usize, Vec<Du
                     let path = format!("/files/bench/c{c}/k{}", i % 100);
                     let started = Instant::now();
                     let resp = client
-                        .send(hyper::Method::POST, &leader, &path, body.clone(), Duration::from_secs(10))
+                        .send(
+                            hyper::Method::POST,
+                            &leader,
+                            &path,
+                            body.clone(),
+                            Duration::from_secs(10),
+                        )
                         .await
                         .expect("write");
                     assert!(resp.status.is_success(), "write failed: {}", resp.text());

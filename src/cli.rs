@@ -77,7 +77,12 @@ pub struct Cli {
     /// Shared secret of the cluster: every request to /raft/* and /cluster/* must carry
     /// `Authorization: Bearer <token>`, and this node sends it to its peers. Prefer
     /// --cluster-token-file or the environment: flags are visible in `ps`.
-    #[arg(long, env = "RAFTD_CLUSTER_TOKEN", hide_env_values = true, conflicts_with = "cluster_token_file")]
+    #[arg(
+        long,
+        env = "RAFTD_CLUSTER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "cluster_token_file"
+    )]
     pub cluster_token: Option<String>,
 
     /// Read the cluster token from this file (surrounding whitespace is ignored).
@@ -127,7 +132,11 @@ impl Cli {
             (None, None) => None,
         };
         c.tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => Some(Tls { cert, key, ca: self.tls_ca }),
+            (Some(cert), Some(key)) => Some(Tls {
+                cert,
+                key,
+                ca: self.tls_ca,
+            }),
             _ => None,
         };
         Ok(c)

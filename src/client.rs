@@ -137,8 +137,16 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
-        HttpClient { inner, scheme, auth, max_response, links: Links::default() }
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        HttpClient {
+            inner,
+            scheme,
+            auth,
+            max_response,
+            links: Links::default(),
+        }
     }
 
     /// The same client, refusing to reach the peers `links` cuts off.
@@ -170,19 +178,25 @@ impl HttpClient {
         deadline_header: Option<Duration>,
     ) -> Result<Response, SendError> {
         if self.links.is_cut(addr) {
-            return Err(SendError::Connect(addr.to_string(), "the link to it is cut".into()));
+            return Err(SendError::Connect(
+                addr.to_string(),
+                "the link to it is cut".into(),
+            ));
         }
         let uri = format!("{}://{addr}{path}", self.scheme);
-        let mut request =
-            Request::builder().method(method).uri(&uri).header(hyper::header::CONTENT_TYPE, "application/json");
+        let mut request = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(auth) = &self.auth {
             request = request.header(hyper::header::AUTHORIZATION, auth.clone());
         }
         if let Some(left) = deadline_header {
             request = request.header(DEADLINE_HEADER, left.as_millis().to_string());
         }
-        let request =
-            request.body(Full::new(body.into())).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
+        let request = request
+            .body(Full::new(body.into()))
+            .map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
         let exchange = async {
             let response = self.inner.request(request).await.map_err(|e| {
                 if e.is_connect() {
@@ -199,7 +213,9 @@ impl HttpClient {
                 .to_bytes();
             Ok(Response { status, body })
         };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| SendError::Timeout(addr.to_string(), timeout))?
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| SendError::Timeout(addr.to_string(), timeout))?
     }
 
     /// POSTs `value` as JSON.
@@ -210,7 +226,8 @@ impl HttpClient {
         value: &T,
         timeout: Duration,
     ) -> Result<Response, SendError> {
-        let body = serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
+        let body =
+            serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
         self.send(Method::POST, addr, path, body, timeout).await
     }
 
@@ -223,8 +240,10 @@ impl HttpClient {
         value: &T,
         timeout: Duration,
     ) -> Result<Response, SendError> {
-        let body = serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
-        self.send_with(Method::POST, addr, path, body, timeout, Some(timeout)).await
+        let body =
+            serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
+        self.send_with(Method::POST, addr, path, body, timeout, Some(timeout))
+            .await
     }
 }
 

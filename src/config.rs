@@ -132,7 +132,8 @@ impl Config {
 
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<()> {
-        check_host(&self.host).map_err(|why| Error::Config(format!("invalid host {:?}: {why}", self.host)))?;
+        check_host(&self.host)
+            .map_err(|why| Error::Config(format!("invalid host {:?}: {why}", self.host)))?;
         if self.port == 0 {
             return Err(Error::Config("port must not be 0".into()));
         }
@@ -143,11 +144,15 @@ impl Config {
             )));
         }
         if self.chunk_size == 0 || self.snapshot_every == 0 {
-            return Err(Error::Config("chunk size and snapshot interval must be positive".into()));
+            return Err(Error::Config(
+                "chunk size and snapshot interval must be positive".into(),
+            ));
         }
         if let Some(token) = &self.cluster_token {
             if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(Error::Config("the cluster token must be non-empty, without spaces".into()));
+                return Err(Error::Config(
+                    "the cluster token must be non-empty, without spaces".into(),
+                ));
             }
         }
         Ok(())
@@ -176,7 +181,10 @@ impl Config {
 /// bracketed IPv6 address. Names go into peer URLs, so nothing else is allowed.
 pub fn check_host(host: &str) -> std::result::Result<(), &'static str> {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return inner.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| "not an IPv6 address");
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "not an IPv6 address");
     }
     if host.is_empty() || host.len() > 253 {
         return Err("must be 1 to 253 characters");
@@ -212,7 +220,12 @@ mod tests {
 
     #[test]
     fn names_are_host_and_port_only() {
-        for good in ["localhost:4001", "127.0.0.1:1", "node-1.example.org:65535", "[::1]:4001"] {
+        for good in [
+            "localhost:4001",
+            "127.0.0.1:1",
+            "node-1.example.org:65535",
+            "[::1]:4001",
+        ] {
             check_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         for bad in [
@@ -237,13 +250,20 @@ mod tests {
     fn timing_is_checked() {
         let mut c = Config::new("d".into(), "localhost".into(), 4001);
         c.validate().unwrap();
-        assert_eq!(c.raft_config().unwrap().election_timeout_max, 2 * DEFAULT_ELECTION_TIMEOUT_MS);
+        assert_eq!(
+            c.raft_config().unwrap().election_timeout_max,
+            2 * DEFAULT_ELECTION_TIMEOUT_MS
+        );
         // go-raft's pace is reachable.
         c.heartbeat = Duration::from_millis(1000);
         c.election_timeout = Duration::from_millis(2000);
         c.validate().unwrap();
         c.raft_config().unwrap();
         c.election_timeout = Duration::from_millis(1000);
-        assert!(c.validate().unwrap_err().to_string().contains("must be longer than the heartbeat"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("must be longer than the heartbeat"));
     }
 }

@@ -87,7 +87,10 @@ pub enum Error {
 impl Error {
     /// Wraps an io::Error with what raftd was doing at the time.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

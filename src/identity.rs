@@ -66,11 +66,20 @@ impl Prompt for Terminal {
 
     fn ask(&mut self, text: &str, default: &str) -> Result<String> {
         let mut out = std::io::stdout();
-        write!(out, "{text}").and_then(|()| out.flush()).context(|| "write prompt".into())?;
+        write!(out, "{text}")
+            .and_then(|()| out.flush())
+            .context(|| "write prompt".into())?;
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context(|| "read answer".into())?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context(|| "read answer".into())?;
         let answer = line.trim();
-        Ok(if answer.is_empty() { default.to_string() } else { answer.to_string() })
+        Ok(if answer.is_empty() {
+            default.to_string()
+        } else {
+            answer.to_string()
+        })
     }
 
     fn say(&mut self, line: &str) {
@@ -90,12 +99,19 @@ pub fn resolve(cli: Cli, prompt: &mut dyn Prompt) -> Result<(Config, Identity, S
         None => new_identity(&cli, prompt)?,
     };
     prompt.say(&format!("Name: {}", identity.name));
-    let start = if is_pristine(&dir) { ask_start(cli.join.as_deref(), prompt)? } else { Start::Resume };
+    let start = if is_pristine(&dir) {
+        ask_start(cli.join.as_deref(), prompt)?
+    } else {
+        Start::Resume
+    };
     let config = cli.into_config(identity.host.clone(), identity.port)?;
     config.validate()?;
     if stored.as_ref() != Some(&identity) {
-        fsutil::write_atomic(&info_path, &serde_json::to_vec_pretty(&identity).expect("identity serializes"))
-            .context(|| "save the node's identity".into())?;
+        fsutil::write_atomic(
+            &info_path,
+            &serde_json::to_vec_pretty(&identity).expect("identity serializes"),
+        )
+        .context(|| "save the node's identity".into())?;
     }
     Ok((config, identity, start))
 }
@@ -103,7 +119,12 @@ pub fn resolve(cli: Cli, prompt: &mut dyn Prompt) -> Result<(Config, Identity, S
 /// A stored identity, provided flags do not contradict it.
 fn check_stored(stored: &Identity, cli: &Cli, dir: &Path) -> Result<Identity> {
     check_flag("host", cli.host.as_deref(), &stored.host, dir)?;
-    check_flag("port", cli.port.map(|p| p.to_string()).as_deref(), &stored.port.to_string(), dir)?;
+    check_flag(
+        "port",
+        cli.port.map(|p| p.to_string()).as_deref(),
+        &stored.port.to_string(),
+        dir,
+    )?;
     Ok(stored.clone())
 }
 
@@ -125,7 +146,12 @@ fn new_identity(cli: &Cli, prompt: &mut dyn Prompt) -> Result<Identity> {
             .parse()
             .map_err(|_| Error::Config("port must be a number from 1 to 65535".into()))?,
     };
-    Ok(Identity { id: new_id(), name: format!("{host}:{port}"), host, port })
+    Ok(Identity {
+        id: new_id(),
+        name: format!("{host}:{port}"),
+        host,
+        port,
+    })
 }
 
 /// For a pristine node: join the member given by flag or answer, else start a new cluster.
@@ -140,12 +166,18 @@ fn ask_start(join: Option<&str>, prompt: &mut dyn Prompt) -> Result<Start> {
         }
         None => String::new(),
     };
-    Ok(if join.is_empty() { Start::Initialize } else { Start::Join(join) })
+    Ok(if join.is_empty() {
+        Start::Initialize
+    } else {
+        Start::Join(join)
+    })
 }
 
 /// A data directory with neither a log nor a vote has never been part of a cluster.
 pub fn is_pristine(dir: &Path) -> bool {
-    let log_empty = std::fs::metadata(dir.join("log")).map(|m| m.len() == 0).unwrap_or(true);
+    let log_empty = std::fs::metadata(dir.join("log"))
+        .map(|m| m.len() == 0)
+        .unwrap_or(true);
     log_empty && !dir.join("vote").exists()
 }
 
@@ -183,7 +215,11 @@ mod tests {
         fn ask(&mut self, text: &str, default: &str) -> Result<String> {
             self.shown.push(text.to_string());
             let answer = self.answers.remove(0);
-            Ok(if answer.is_empty() { default.to_string() } else { answer.to_string() })
+            Ok(if answer.is_empty() {
+                default.to_string()
+            } else {
+                answer.to_string()
+            })
         }
         fn say(&mut self, line: &str) {
             self.shown.push(line.to_string());
@@ -199,30 +235,55 @@ mod tests {
     #[test]
     fn first_run_asks_then_restart_asks_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut script = Script { answers: vec!["", "4005", "node1:4001"], shown: vec![], interactive: true };
+        let mut script = Script {
+            answers: vec!["", "4005", "node1:4001"],
+            shown: vec![],
+            interactive: true,
+        };
         let (config, identity, start) = resolve(cli(dir.path(), &[]), &mut script).unwrap();
         assert_eq!(identity.name, "localhost:4005");
         assert_eq!((config.host.as_str(), config.port), ("localhost", 4005));
         assert_eq!(start, Start::Join("node1:4001".into()));
-        assert_eq!(script.shown[..3], ["Enter hostname: [localhost] ", "Enter port: [4001] ", "Name: localhost:4005"]);
+        assert_eq!(
+            script.shown[..3],
+            [
+                "Enter hostname: [localhost] ",
+                "Enter port: [4001] ",
+                "Name: localhost:4005"
+            ]
+        );
         assert!(script.shown.iter().any(|l| l.contains("This server has no log")));
 
         // The data directory now has an identity (and, once it ran, a log): no questions.
         std::fs::write(dir.path().join("log"), "x").unwrap();
-        let mut silent = Script { answers: vec![], shown: vec![], interactive: true };
+        let mut silent = Script {
+            answers: vec![],
+            shown: vec![],
+            interactive: true,
+        };
         let (_, again, start) = resolve(cli(dir.path(), &[]), &mut silent).unwrap();
         assert_eq!((again, start), (identity, Start::Resume));
         assert_eq!(silent.shown, ["Name: localhost:4005"]);
         let err = resolve(cli(dir.path(), &["--port", "4006"]), &mut silent).unwrap_err();
-        assert!(err.to_string().contains("belongs to a node with port 4005"), "{err}");
+        assert!(
+            err.to_string().contains("belongs to a node with port 4005"),
+            "{err}"
+        );
     }
 
     #[test]
     fn without_a_terminal_defaults_and_flags_apply() {
         let dir = tempfile::tempdir().unwrap();
-        let mut nobody = Script { answers: vec![], shown: vec![], interactive: false };
+        let mut nobody = Script {
+            answers: vec![],
+            shown: vec![],
+            interactive: false,
+        };
         let (_, identity, start) = resolve(cli(dir.path(), &["--host", "127.0.0.1"]), &mut nobody).unwrap();
-        assert_eq!((identity.name.as_str(), start), ("127.0.0.1:4001", Start::Initialize));
+        assert_eq!(
+            (identity.name.as_str(), start),
+            ("127.0.0.1:4001", Start::Initialize)
+        );
         let other = tempfile::tempdir().unwrap();
         let (_, _, start) = resolve(cli(other.path(), &["--join", "a:1"]), &mut nobody).unwrap();
         assert_eq!(start, Start::Join("a:1".into()));

@@ -18,9 +18,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = raftd::identity::resolve(cli, &mut raftd::identity::Terminal).and_then(|(config, identity, start)| {
-        runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))
-    });
+    let result = raftd::identity::resolve(cli, &mut raftd::identity::Terminal).and_then(
+        |(config, identity, start)| {
+            runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))
+        },
+    );
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

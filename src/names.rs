@@ -81,7 +81,10 @@ pub fn check(name: &str) -> Result<(), NameError> {
 
 /// [`check`], as the crate's error (what front ends return to a client).
 pub fn validate(name: &str) -> crate::Result<()> {
-    check(name).map_err(|reason| crate::Error::InvalidPath { path: name.to_string(), reason })
+    check(name).map_err(|reason| crate::Error::InvalidPath {
+        path: name.to_string(),
+        reason,
+    })
 }
 
 /// Joins a directory name (the empty name is the root) and a child's name.
@@ -107,7 +110,16 @@ mod tests {
 
     #[test]
     fn clean_names_pass() {
-        for name in ["foo", "a/b/c", "with space", "ünïcode", "log", "info", ".hidden", "a..b"] {
+        for name in [
+            "foo",
+            "a/b/c",
+            "with space",
+            "ünïcode",
+            "log",
+            "info",
+            ".hidden",
+            "a..b",
+        ] {
             check(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }

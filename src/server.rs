@@ -45,7 +45,9 @@ pub async fn run(
         Some(listener) => listener,
         None => {
             let addr = config.listen_addr();
-            TcpListener::bind(&addr).await.context(|| format!("listen on {addr}"))?
+            TcpListener::bind(&addr)
+                .await
+                .context(|| format!("listen on {addr}"))?
         }
     };
     serve(listener, config, identity, start, shutdown).await
@@ -63,7 +65,11 @@ fn inherited_listener() -> Result<Option<TcpListener>> {
     match std::env::var("LISTEN_FDS").as_deref() {
         Ok("1") => {}
         Ok("0") | Err(_) => return Ok(None),
-        Ok(n) => return Err(Error::Config(format!("LISTEN_FDS={n}: raftd takes exactly one listening socket"))),
+        Ok(n) => {
+            return Err(Error::Config(format!(
+                "LISTEN_FDS={n}: raftd takes exactly one listening socket"
+            )))
+        }
     }
     if std::env::var("LISTEN_PID").is_ok_and(|pid| pid != std::process::id().to_string()) {
         return Ok(None);
@@ -109,7 +115,13 @@ pub async fn launch(
     let storage = open_storage(&config)?;
     let clean = storage.state_machine.shutdown_handle();
     let (raft, node) = start_raft(&config, &identity, storage, links).await?;
-    let mut running = RunningNode { http: None, mount: None, raft, node: node.clone(), clean };
+    let mut running = RunningNode {
+        http: None,
+        mount: None,
+        raft,
+        node: node.clone(),
+        clean,
+    };
     let started = async {
         running.http = Some(start_http(listener, node.clone(), shutdown)?);
         join_or_initialize(start, &running.raft, &node, &identity).await?;
@@ -121,7 +133,10 @@ pub async fn launch(
         running.stop().await;
         return Err(e);
     }
-    tokio::spawn(crate::raft::elections::break_split_votes(running.raft.clone(), config.election_timeout));
+    tokio::spawn(crate::raft::elections::break_split_votes(
+        running.raft.clone(),
+        config.election_timeout,
+    ));
     info!(name = %identity.name, id = identity.id, "node running");
     Ok(running)
 }
@@ -139,19 +154,41 @@ fn open_storage(config: &Config) -> Result<Storage> {
     let log = LogStore::open(dir)?;
     let (state_machine, store) =
         StateMachine::open(dir).context(|| format!("open state machine in {}", dir.display()))?;
-    Ok(Storage { log, state_machine, store })
+    Ok(Storage {
+        log,
+        state_machine,
+        store,
+    })
 }
 
 /// Builds the Raft core over the storage and the peer network, and the [`Node`] handle.
-async fn start_raft(config: &Config, identity: &Identity, storage: Storage, links: Links) -> Result<(Raft, Arc<Node>)> {
+async fn start_raft(
+    config: &Config,
+    identity: &Identity,
+    storage: Storage,
+    links: Links,
+) -> Result<(Raft, Arc<Node>)> {
     let client = HttpClient::for_cluster(config)?.with_links(links);
     let reader = storage.log.reader();
     let raft_config = Arc::new(config.raft_config()?);
     let network = Network::new(client.clone());
-    let raft = Raft::new(identity.id, raft_config, network, storage.log, storage.state_machine)
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
-    let node = Node::new(identity.id, raft.clone(), storage.store, reader, client, config.clone());
+    let raft = Raft::new(
+        identity.id,
+        raft_config,
+        network,
+        storage.log,
+        storage.state_machine,
+    )
+    .await
+    .map_err(|e| Error::Raft(e.to_string()))?;
+    let node = Node::new(
+        identity.id,
+        raft.clone(),
+        storage.store,
+        reader,
+        client,
+        config.clone(),
+    );
     Ok((raft, Arc::new(node)))
 }
 
@@ -177,7 +214,11 @@ fn start_http(
         }
     };
     let listener = Listener::new(listener, tls).context(|| "start listening".into())?;
-    Ok(tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future()))
+    Ok(tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .into_future(),
+    ))
 }
 
 /// A pristine node starts a cluster or joins one; a member resumes.
@@ -243,7 +284,12 @@ impl RunningNode {
 }
 
 async fn initialize(raft: &Raft, identity: &Identity) -> Result<()> {
-    let members = BTreeMap::from([(identity.id, PeerNode { name: identity.name.clone() })]);
+    let members = BTreeMap::from([(
+        identity.id,
+        PeerNode {
+            name: identity.name.clone(),
+        },
+    )]);
     match raft.initialize(members).await {
         Ok(()) => {
             info!("initialized a new cluster");
@@ -255,31 +301,41 @@ async fn initialize(raft: &Raft, identity: &Identity) -> Result<()> {
 }
 
 async fn join(client: &HttpClient, seed: &str, identity: &Identity) -> Result<()> {
-    let req = JoinRequest { id: identity.id, name: identity.name.clone() };
+    let req = JoinRequest {
+        id: identity.id,
+        name: identity.name.clone(),
+    };
     let deadline = Instant::now() + JOIN_DEADLINE;
     loop {
-        let why = match client.post_json(seed, PeerRoute::ClusterJoin.path(), &req, JOIN_DEADLINE).await {
+        let why = match client
+            .post_json(seed, PeerRoute::ClusterJoin.path(), &req, JOIN_DEADLINE)
+            .await
+        {
             Ok(resp) if resp.status.is_success() => {
                 info!(seed, "joined the cluster");
                 return Ok(());
             }
-            Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => {
+            Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => return Err(Error::Peer {
+                peer: seed.into(),
+                message: format!(
+                    "refused the join: {} — start this node with the cluster's token (--cluster-token-file)",
+                    resp.text()
+                ),
+            }),
+            Ok(resp) if resp.status.is_client_error() => {
                 return Err(Error::Peer {
                     peer: seed.into(),
-                    message: format!(
-                        "refused the join: {} — start this node with the cluster's token (--cluster-token-file)",
-                        resp.text()
-                    ),
+                    message: format!("refused the join: {}", resp.text()),
                 })
-            }
-            Ok(resp) if resp.status.is_client_error() => {
-                return Err(Error::Peer { peer: seed.into(), message: format!("refused the join: {}", resp.text()) })
             }
             Ok(resp) => format!("{}: {}", resp.status, resp.text()),
             Err(e) => e.to_string(),
         };
         if Instant::now() + JOIN_RETRY > deadline {
-            return Err(Error::Peer { peer: seed.into(), message: format!("could not join: {why}") });
+            return Err(Error::Peer {
+                peer: seed.into(),
+                message: format!("could not join: {why}"),
+            });
         }
         warn!(seed, cause = %why, "join failed, retrying");
         tokio::time::sleep(JOIN_RETRY).await;

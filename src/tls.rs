@@ -35,7 +35,11 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| config_err(path, "not PEM certificates", e))?;
     if certs.is_empty() {
-        return Err(config_err(path, "no certificate found", "expected -----BEGIN CERTIFICATE-----"));
+        return Err(config_err(
+            path,
+            "no certificate found",
+            "expected -----BEGIN CERTIFICATE-----",
+        ));
     }
     Ok(certs)
 }
@@ -44,13 +48,21 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| config_err(path, "not a PEM private key", e))?
-        .ok_or_else(|| config_err(path, "no private key found", "expected -----BEGIN PRIVATE KEY-----"))
+        .ok_or_else(|| {
+            config_err(
+                path,
+                "no private key found",
+                "expected -----BEGIN PRIVATE KEY-----",
+            )
+        })
 }
 
 fn roots(path: &Path) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     for cert in read_certs(path)? {
-        store.add(cert).map_err(|e| config_err(path, "unusable CA certificate", e))?;
+        store
+            .add(cert)
+            .map_err(|e| config_err(path, "unusable CA certificate", e))?;
     }
     Ok(store)
 }
@@ -97,7 +109,9 @@ pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig> {
             .with_root_certificates(roots(ca)?)
             .with_client_auth_cert(read_certs(&tls.cert)?, read_key(&tls.key)?)
             .map_err(|e| config_err(&tls.key, "does not match the certificate", e)),
-        None => Ok(builder.with_root_certificates(system_roots()).with_no_client_auth()),
+        None => Ok(builder
+            .with_root_certificates(system_roots())
+            .with_no_client_auth()),
     }
 }
 

@@ -21,9 +21,16 @@ fn writes_through_any_node_reach_every_replica() {
     // A write through a follower is forwarded and acknowledged after commit, once the
     // answering node has applied it: its local files show it at once.
     assert_eq!(c.nodes[f].post("/files/foo", b"BAR").0, 200);
-    assert_eq!(c.nodes[f].get("/files/foo?consistency=stale"), (200, b"BAR".to_vec()));
+    assert_eq!(
+        c.nodes[f].get("/files/foo?consistency=stale"),
+        (200, b"BAR".to_vec())
+    );
     for i in 0..3 {
-        assert_eq!(c.nodes[i].get("/files/foo"), (200, b"BAR".to_vec()), "linearizable read on node {i}");
+        assert_eq!(
+            c.nodes[i].get("/files/foo"),
+            (200, b"BAR".to_vec()),
+            "linearizable read on node {i}"
+        );
         c.wait_replicated(i, "foo", b"BAR");
     }
 
@@ -37,13 +44,19 @@ fn writes_through_any_node_reach_every_replica() {
         c.wait_replicated(i, "dir/sub/bin", &binary);
         c.wait_replicated(i, "dir/large", &large);
         let on_disk = std::fs::read(c.nodes[i].dir.join("files/dir/large")).unwrap();
-        assert!(on_disk == large, "node {i} stores the exact bytes as a local file");
+        assert!(
+            on_disk == large,
+            "node {i} stores the exact bytes as a local file"
+        );
     }
     assert_eq!(c.nodes[f].get("/files/dir"), (200, b"large\nsub/\n".to_vec()));
     assert_eq!(c.nodes[f].get("/files"), (200, b"dir/\nfoo\n".to_vec()));
 
     // PUT replaces; DELETE removes (404 afterwards, and 404 for a missing file).
-    assert_eq!(http(&c.nodes[f].name, "PUT", "/files/foo", b"BAZ").unwrap().0, 200);
+    assert_eq!(
+        http(&c.nodes[f].name, "PUT", "/files/foo", b"BAZ").unwrap().0,
+        200
+    );
     assert_eq!(c.nodes[leader].get("/files/foo"), (200, b"BAZ".to_vec()));
     assert_eq!(c.nodes[f].delete("/files/foo").0, 200);
     for i in 0..3 {
@@ -51,17 +64,34 @@ fn writes_through_any_node_reach_every_replica() {
     }
     assert_eq!(c.nodes[f].delete("/files/foo").0, 404);
     assert_eq!(c.nodes[f].delete("/files/dir/sub/bin").0, 200);
-    assert_eq!(c.nodes[f].delete("/files/dir/sub").0, 200, "empty directories can be deleted");
-    assert_eq!(c.nodes[f].delete("/files/dir").0, 409, "non-empty directories cannot");
+    assert_eq!(
+        c.nodes[f].delete("/files/dir/sub").0,
+        200,
+        "empty directories can be deleted"
+    );
+    assert_eq!(
+        c.nodes[f].delete("/files/dir").0,
+        409,
+        "non-empty directories cannot"
+    );
 
     // The log is served over HTTP in the file's own format.
     let (code, log) = c.nodes[f].get("/log");
     assert_eq!(code, 200);
     let log = String::from_utf8(log).unwrap();
     assert_eq!(log, read_data_file(&c.nodes[f].dir, "log"));
-    assert!(log.lines().any(|l| l.contains(" file:write {\"filename\":\"foo\",\"content\":\"BAR\"")), "{log}");
-    assert!(log.lines().any(|l| l.contains(" file:chunk {")), "large file went in chunks");
-    assert!(log.lines().any(|l| l.contains(" file:delete {\"filename\":\"foo\"")));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" file:write {\"filename\":\"foo\",\"content\":\"BAR\"")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(" file:chunk {")),
+        "large file went in chunks"
+    );
+    assert!(log
+        .lines()
+        .any(|l| l.contains(" file:delete {\"filename\":\"foo\"")));
 
     let status = c.nodes[f].status().unwrap();
     assert_eq!(status["state"], "follower");
@@ -98,8 +128,14 @@ fn bad_requests_are_refused_clearly() {
     // The node's own files cannot be touched through the API.
     assert_eq!(n.post("/files/log", b"not the raft log").0, 200);
     assert_eq!(n.post("/files/info", b"not the identity").0, 200);
-    assert!(read_data_file(&n.dir, "log").contains("raft:config"), "the Raft log is intact");
-    assert!(read_data_file(&n.dir, "info").contains("\"id\""), "the identity is intact");
+    assert!(
+        read_data_file(&n.dir, "log").contains("raft:config"),
+        "the Raft log is intact"
+    );
+    assert!(
+        read_data_file(&n.dir, "info").contains("\"id\""),
+        "the identity is intact"
+    );
     assert_eq!(n.get("/files/log"), (200, b"not the raft log".to_vec()));
 
     let (code, body) = n.post("/files/big", &vec![b'x'; 1001]);
@@ -107,7 +143,10 @@ fn bad_requests_are_refused_clearly() {
     assert!(String::from_utf8_lossy(&body).contains("limit of 1000 bytes"));
     assert_eq!(n.post("/files/file", b"x").0, 200);
     let (code, body) = n.post("/files/file/child", b"x");
-    assert_eq!((code, String::from_utf8_lossy(&body).trim()), (409, "file/child: not a directory"));
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).trim()),
+        (409, "file/child: not a directory")
+    );
     assert_eq!(n.get("/files/missing").0, 404);
 }
 
@@ -120,10 +159,18 @@ fn linearizable_reads_see_every_acknowledged_write() {
         let (writer, reader) = (followers[i % 2], followers[(i + 1) % 2]);
         let value = format!("v{i}");
         assert_eq!(c.nodes[writer].post("/files/counter", value.as_bytes()).0, 200);
-        assert_eq!(c.nodes[reader].get("/files/counter"), (200, value.into_bytes()), "read {i} on another follower");
+        assert_eq!(
+            c.nodes[reader].get("/files/counter"),
+            (200, value.into_bytes()),
+            "read {i} on another follower"
+        );
     }
     // -v shows the traffic between nodes.
-    assert!(c.nodes[leader].logs().contains("send append"), "{}", c.nodes[leader].logs());
+    assert!(
+        c.nodes[leader].logs().contains("send append"),
+        "{}",
+        c.nodes[leader].logs()
+    );
     assert!(c.nodes[followers[0]].logs().contains("recv append"));
 }
 
@@ -149,7 +196,11 @@ fn killed_leader_is_replaced_and_catches_up() {
     eprintln!("failover took {failover:?}");
 
     for i in c.followers(old) {
-        assert_eq!(c.nodes[i].post(&format!("/files/after-{i}"), b"2").0, 200, "write via node {i}");
+        assert_eq!(
+            c.nodes[i].post(&format!("/files/after-{i}"), b"2").0,
+            200,
+            "write via node {i}"
+        );
     }
     c.nodes[old].spawn();
     for i in c.followers(old) {
@@ -157,7 +208,10 @@ fn killed_leader_is_replaced_and_catches_up() {
     }
     c.wait_replicated(old, "before", b"1");
     assert_eq!(c.nodes[old].get("/files/before"), (200, b"1".to_vec()));
-    assert!(c.nodes[old].logs().contains("did not stop cleanly"), "a killed node rebuilds its files");
+    assert!(
+        c.nodes[old].logs().contains("did not stop cleanly"),
+        "a killed node rebuilds its files"
+    );
 }
 
 #[test]
@@ -175,10 +229,20 @@ fn losing_quorum_fails_writes_fast_and_recovers() {
     let (code, body) = c.nodes[survivor].post("/files/k", b"lost");
     let took = started.elapsed();
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
-    assert!(took < Duration::from_secs(4), "a write without quorum must fail in bounded time, took {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "a write without quorum must fail in bounded time, took {took:?}"
+    );
     assert!(String::from_utf8_lossy(&body).contains("unavailable"));
-    assert_eq!(c.nodes[survivor].get("/files/k").0, 503, "linearizable reads need a quorum too");
-    assert_eq!(c.nodes[survivor].get("/files/k?consistency=stale"), (200, b"committed".to_vec()));
+    assert_eq!(
+        c.nodes[survivor].get("/files/k").0,
+        503,
+        "linearizable reads need a quorum too"
+    );
+    assert_eq!(
+        c.nodes[survivor].get("/files/k?consistency=stale"),
+        (200, b"committed".to_vec())
+    );
 
     c.nodes[other].spawn();
     c.wait_leader();
@@ -202,19 +266,26 @@ fn isolated_leader_stops_accepting_writes() {
     let (code, body) = c.nodes[leader].post("/files/x", b"1");
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     assert!(started.elapsed() < Duration::from_secs(4));
-    wait_for(Duration::from_secs(5), "the quorum guard to refuse at once", || {
-        let started = Instant::now();
-        let (code, body) = c.nodes[leader].post("/files/x", b"1");
-        let msg = String::from_utf8_lossy(&body).to_string();
-        (code == 503 && msg.contains("no quorum") && started.elapsed() < Duration::from_millis(500)).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "the quorum guard to refuse at once",
+        || {
+            let started = Instant::now();
+            let (code, body) = c.nodes[leader].post("/files/x", b"1");
+            let msg = String::from_utf8_lossy(&body).to_string();
+            (code == 503 && msg.contains("no quorum") && started.elapsed() < Duration::from_millis(500))
+                .then_some(())
+        },
+    );
     for &f in &followers {
         c.nodes[f].signal(libc::SIGCONT);
     }
     c.wait_leader();
-    wait_for(Duration::from_secs(20), "writes after the partition heals", || {
-        (c.nodes[followers[0]].post("/files/x", b"2").0 == 200).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "writes after the partition heals",
+        || (c.nodes[followers[0]].post("/files/x", b"2").0 == 200).then_some(()),
+    );
     let leader = c.wait_leader();
     assert_eq!(c.nodes[leader].get("/files/x"), (200, b"2".to_vec()));
 }
@@ -242,14 +313,20 @@ fn acknowledged_writes_survive_crashes_under_load() {
             })
         })
         .collect();
-    wait_for(Duration::from_secs(30), "some writes under load", || (count.load(Ordering::SeqCst) >= 60).then_some(()));
+    wait_for(Duration::from_secs(30), "some writes under load", || {
+        (count.load(Ordering::SeqCst) >= 60).then_some(())
+    });
     c.nodes[leader].kill();
     for w in writers {
         w.join().unwrap();
     }
     c.nodes[leader].spawn();
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 200, "most writes succeed despite the crash: {}", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "most writes succeed despite the crash: {}",
+        acked.len()
+    );
     for (key, value) in &acked {
         for i in 0..3 {
             c.wait_replicated(i, key, value.as_bytes());
@@ -264,7 +341,9 @@ fn cluster_restarts_from_data_dirs() {
     assert_eq!(c.nodes[leader].post("/files/persist/me", b"still here").0, 200);
     // Node 1 stops cleanly (SIGTERM), the others are killed.
     c.nodes[0].signal(libc::SIGTERM);
-    wait_for(Duration::from_secs(20), "a clean stop", || (!c.nodes[0].is_running()).then_some(()));
+    wait_for(Duration::from_secs(20), "a clean stop", || {
+        (!c.nodes[0].is_running()).then_some(())
+    });
     for n in &mut c.nodes {
         n.kill();
     }
@@ -278,9 +357,19 @@ fn cluster_restarts_from_data_dirs() {
     for i in 0..3 {
         assert_eq!(c.nodes[i].get("/files/persist/me"), (200, b"still here".to_vec()));
         let rebuilt = c.nodes[i].logs().matches("did not stop cleanly").count();
-        assert_eq!(rebuilt, if i == 0 { 0 } else { 1 }, "node {i}: only unclean stops rebuild");
+        assert_eq!(
+            rebuilt,
+            if i == 0 { 0 } else { 1 },
+            "node {i}: only unclean stops rebuild"
+        );
     }
-    assert_eq!(c.nodes[leader].status().unwrap()["members"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        c.nodes[leader].status().unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(c.nodes[(leader + 1) % 3].post("/files/new", b"ok").0, 200);
 }
 
@@ -291,16 +380,25 @@ fn lagging_node_catches_up_by_snapshot() {
     let lagging = c.followers(leader)[0];
     c.nodes[lagging].kill();
     for i in 0..100 {
-        assert_eq!(c.nodes[leader].post(&format!("/files/f{i}"), format!("{i}").as_bytes()).0, 200);
+        assert_eq!(
+            c.nodes[leader]
+                .post(&format!("/files/f{i}"), format!("{i}").as_bytes())
+                .0,
+            200
+        );
     }
     let status = c.nodes[leader].status().unwrap();
     assert!(status["snapshot_index"].as_u64().unwrap_or(0) >= 80, "{status}");
     // openraft purges lazily, on the next replication progress after a snapshot.
     let dir = c.nodes[leader].dir.clone();
-    let log = wait_for(Duration::from_secs(20), "the leader's log to be compacted", || {
-        let log = read_data_file(&dir, "log");
-        (log.lines().count() < 50).then_some(log)
-    });
+    let log = wait_for(
+        Duration::from_secs(20),
+        "the leader's log to be compacted",
+        || {
+            let log = read_data_file(&dir, "log");
+            (log.lines().count() < 50).then_some(log)
+        },
+    );
     assert!(!log.contains("\"filename\":\"f0\""), "early entries are purged");
 
     c.nodes[lagging].spawn();
@@ -308,8 +406,13 @@ fn lagging_node_catches_up_by_snapshot() {
         c.wait_replicated(lagging, &format!("f{i}"), format!("{i}").as_bytes());
     }
     let status = c.nodes[lagging].status().unwrap();
-    assert!(status["snapshot_index"].as_u64().is_some(), "caught up through a snapshot: {status}");
-    let snaps = std::fs::read_dir(c.nodes[lagging].dir.join("snapshots")).unwrap().count();
+    assert!(
+        status["snapshot_index"].as_u64().is_some(),
+        "caught up through a snapshot: {status}"
+    );
+    let snaps = std::fs::read_dir(c.nodes[lagging].dir.join("snapshots"))
+        .unwrap()
+        .count();
     assert_eq!(snaps, 1, "one snapshot kept");
 }
 
@@ -328,14 +431,23 @@ fn corrupt_log_stops_node_and_torn_tail_is_dropped() {
 
     // A flipped byte in the middle: refuse to start, naming file, line and index.
     let lines: Vec<&str> = original.lines().collect();
-    let target = lines.iter().position(|l| l.contains("\"filename\":\"c1\"")).unwrap();
+    let target = lines
+        .iter()
+        .position(|l| l.contains("\"filename\":\"c1\""))
+        .unwrap();
     let corrupted = original.replacen("\"filename\":\"c1\"", "\"filename\":\"cX\"", 1);
     std::fs::write(&path, corrupted).unwrap();
-    let out =
-        std::process::Command::new(bin()).arg(&c.nodes[f].dir).stdin(std::process::Stdio::null()).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .arg(&c.nodes[f].dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:{}", path.display(), target + 1)), "names file and line: {err}");
+    assert!(
+        err.contains(&format!("{}:{}", path.display(), target + 1)),
+        "names file and line: {err}"
+    );
     assert!(err.contains(&format!("index {target}")), "names the index: {err}");
     assert!(!err.contains("panicked"), "{err}");
 
@@ -356,8 +468,16 @@ fn nodes_can_be_removed() {
     let body = format!("{{\"name\":\"{}\"}}", c.nodes[b].name);
     let (code, msg) = c.nodes[a].post("/cluster/remove", body.as_bytes());
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&msg));
-    assert_eq!(c.nodes[leader].status().unwrap()["members"].as_array().unwrap().len(), 2);
-    wait_for(Duration::from_secs(10), "the removed node to exit", || (!c.nodes[b].is_running()).then_some(()));
+    assert_eq!(
+        c.nodes[leader].status().unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    wait_for(Duration::from_secs(10), "the removed node to exit", || {
+        (!c.nodes[b].is_running()).then_some(())
+    });
     assert_eq!(c.nodes[a].post("/files/two", b"members").0, 200);
     let (code, _) = c.nodes[a].post("/cluster/remove", b"{\"name\":\"nobody:1\"}");
     assert_eq!(code, 400);
@@ -371,10 +491,16 @@ fn lagging_node_catches_up_on_large_files() {
     let leader = c.wait_leader();
     let lagging = c.followers(leader)[0];
     c.nodes[lagging].kill();
-    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let big: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
     assert_eq!(c.nodes[leader].post("/files/big", &big).0, 200);
     let term = c.nodes[leader].status().unwrap()["term"].as_u64().unwrap();
     c.nodes[lagging].spawn();
     c.wait_replicated(lagging, "big", &big);
-    assert_eq!(c.nodes[leader].status().unwrap()["term"].as_u64().unwrap(), term, "no election while catching up");
+    assert_eq!(
+        c.nodes[leader].status().unwrap()["term"].as_u64().unwrap(),
+        term,
+        "no election while catching up"
+    );
 }

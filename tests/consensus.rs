@@ -23,12 +23,19 @@ async fn writes_and_reads_through_followers_reach_the_leader() {
     let leader = c.leader().await;
     for f in c.others(leader) {
         let name = format!("from-{f}");
-        c.node(f).write_file(&name, Bytes::from(name.clone())).await.unwrap();
+        c.node(f)
+            .write_file(&name, Bytes::from(name.clone()))
+            .await
+            .unwrap();
         // Acknowledged means applied on the answering node: its local files show it at once.
         assert_eq!(c.node(f).store().read(&name).unwrap(), name.as_bytes());
         for reader in 0..3 {
             c.node(reader).read_barrier().await.unwrap();
-            assert_eq!(c.node(reader).store().read(&name).unwrap(), name.as_bytes(), "read on {reader}");
+            assert_eq!(
+                c.node(reader).store().read(&name).unwrap(),
+                name.as_bytes(),
+                "read on {reader}"
+            );
         }
     }
     c.stop().await;
@@ -41,17 +48,30 @@ async fn a_follower_cut_off_from_the_leader_refuses_within_its_deadline() {
     let f = c.others(leader)[0];
     c.cut(f, leader);
     let started = Instant::now();
-    let err = c.node(f).write_file("lost", Bytes::from_static(b"x")).await.unwrap_err();
+    let err = c
+        .node(f)
+        .write_file("lost", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_millis(3000), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
+        "{took:?}"
+    );
     // The others still work; once healed, the follower does too and has caught up.
     let other = c.others(leader).into_iter().find(|&o| o != f).unwrap();
-    c.node(other).write_file("kept", Bytes::from_static(b"y")).await.unwrap();
+    c.node(other)
+        .write_file("kept", Bytes::from_static(b"y"))
+        .await
+        .unwrap();
     c.heal(f, leader);
     c.node(f).read_barrier().await.unwrap();
     assert_eq!(c.node(f).store().read("kept").unwrap(), b"y");
-    assert!(c.node(f).store().read("lost").is_err(), "a refused write was not applied");
+    assert!(
+        c.node(f).store().read("lost").is_err(),
+        "a refused write was not applied"
+    );
     c.stop().await;
 }
 
@@ -67,14 +87,27 @@ async fn an_isolated_leader_refuses_at_once_and_the_majority_moves_on() {
     c.node(old)
         .raft()
         .wait(Some(WAIT))
-        .metrics(|m| m.millis_since_quorum_ack.is_some_and(|ms| ms > lease), "the quorum lease to lapse")
+        .metrics(
+            |m| m.millis_since_quorum_ack.is_some_and(|ms| ms > lease),
+            "the quorum lease to lapse",
+        )
         .await
         .unwrap();
     let started = Instant::now();
-    let err = c.node(old).write_file("split-brain", Bytes::from_static(b"x")).await.unwrap_err();
+    let err = c
+        .node(old)
+        .write_file("split-brain", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no quorum"), "{err}");
-    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after the timeout");
-    assert!(matches!(c.node(old).read_barrier().await, Err(Error::Unavailable(_))));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not after the timeout"
+    );
+    assert!(matches!(
+        c.node(old).read_barrier().await,
+        Err(Error::Unavailable(_))
+    ));
 
     // The majority elects a new leader and accepts writes.
     let survivor = c.others(old)[0];
@@ -86,16 +119,27 @@ async fn an_isolated_leader_refuses_at_once_and_the_majority_moves_on() {
         c.node(survivor)
             .raft()
             .wait(Some(WAIT))
-            .metrics(|m| m.current_leader != Some(old as u64 + 1), "a leader other than the isolated one")
+            .metrics(
+                |m| m.current_leader != Some(old as u64 + 1),
+                "a leader other than the isolated one",
+            )
             .await
             .unwrap();
     };
-    c.node(survivor).write_file("majority", Bytes::from_static(b"y")).await.unwrap();
+    c.node(survivor)
+        .write_file("majority", Bytes::from_static(b"y"))
+        .await
+        .unwrap();
     // Healed, the old leader steps down, catches up, and never applied its refused write.
     for f in c.others(old) {
         c.heal(old, f);
     }
-    c.node(old).raft().wait(Some(WAIT)).state(ServerState::Follower, "the old leader to step down").await.unwrap();
+    c.node(old)
+        .raft()
+        .wait(Some(WAIT))
+        .state(ServerState::Follower, "the old leader to step down")
+        .await
+        .unwrap();
     c.node(old).read_barrier().await.unwrap();
     assert_eq!(c.node(old).store().read("majority").unwrap(), b"y");
     assert!(c.node(old).store().read("split-brain").is_err());

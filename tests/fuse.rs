@@ -36,20 +36,29 @@ fn mounted_cluster(extra: &[&str]) -> (Cluster, Vec<PathBuf>) {
     });
     let mounts: Vec<PathBuf> = (0..3).map(|i| mount_of(c.tmp.path(), i)).collect();
     for m in &mounts {
-        wait_for(Duration::from_secs(20), "the mount", || is_mounted(m).then_some(()));
+        wait_for(Duration::from_secs(20), "the mount", || {
+            is_mounted(m).then_some(())
+        });
     }
     (c, mounts)
 }
 
 fn is_mounted(path: &Path) -> bool {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m) == path)
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m) == path)
 }
 
 /// Runs a shell command; returns (success, stdout, stderr).
 fn sh(script: &str) -> (bool, String, String) {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn ok(script: &str) -> String {
@@ -62,7 +71,10 @@ fn ok(script: &str) -> String {
 fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
     let mut out = Vec::new();
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(root).unwrap().display().to_string();
@@ -86,7 +98,10 @@ fn echo_on_one_node_cat_on_every_node() {
     let (mut c, m) = mounted_cluster(&[]);
     let leader = c.wait_leader();
     let follower = c.followers(leader)[0];
-    let (ml, mf) = (&m[leader].display().to_string(), &m[follower].display().to_string());
+    let (ml, mf) = (
+        &m[leader].display().to_string(),
+        &m[follower].display().to_string(),
+    );
 
     ok(&format!("echo BAR > {ml}/foo"));
     for mount in &m {
@@ -97,14 +112,18 @@ fn echo_on_one_node_cat_on_every_node() {
     assert_eq!(ok(&format!("cat {ml}/bar")), "from-follower\n");
 
     // mkdir, rename, truncate, rm, rmdir propagate.
-    ok(&format!("mkdir -p {mf}/d/e && echo x > {mf}/d/e/f && mv {mf}/d/e/f {mf}/d/g && truncate -s 1 {mf}/foo"));
+    ok(&format!(
+        "mkdir -p {mf}/d/e && echo x > {mf}/d/e/f && mv {mf}/d/e/f {mf}/d/g && truncate -s 1 {mf}/foo"
+    ));
     for mount in &m {
         let mp = mount.display();
         assert_eq!(ok(&format!("cat {mp}/d/g")), "x\n");
         assert!(!mount.join("d/e/f").exists());
         assert_eq!(ok(&format!("cat {mp}/foo")), "B");
     }
-    ok(&format!("mv {ml}/d {ml}/renamed && rm {ml}/renamed/g && rmdir {ml}/renamed/e {ml}/renamed"));
+    ok(&format!(
+        "mv {ml}/d {ml}/renamed && rm {ml}/renamed/g && rmdir {ml}/renamed/e {ml}/renamed"
+    ));
     for mount in &m {
         assert!(!mount.join("d").exists() && !mount.join("renamed").exists());
     }
@@ -117,7 +136,10 @@ fn echo_on_one_node_cat_on_every_node() {
     assert_eq!(meta.len(), "from-follower\n".len() as u64);
     assert!(meta.modified().unwrap() > before);
     let listing = ok(&format!("ls -l {}", m[2].display()));
-    assert!(listing.contains(" 14 ") && listing.contains("bar") && listing.contains("-rw-r--r--"), "{listing}");
+    assert!(
+        listing.contains(" 14 ") && listing.contains("bar") && listing.contains("-rw-r--r--"),
+        "{listing}"
+    );
 
     // HTTP → FUSE and FUSE → HTTP.
     assert_eq!(c.nodes[follower].post("/files/via-http", b"http body").0, 200);
@@ -132,10 +154,18 @@ fn echo_on_one_node_cat_on_every_node() {
 
     // Modes and owners are not replicated: a change fails loudly, setting what is shown works.
     let (success, _, err) = sh(&format!("chmod 600 {ml}/bar"));
-    assert!(!success && err.contains("not permitted"), "chmod 600 must not pretend: {err}");
+    assert!(
+        !success && err.contains("not permitted"),
+        "chmod 600 must not pretend: {err}"
+    );
     let (success, _, err) = sh(&format!("chown 1234 {ml}/bar"));
-    assert!(!success && err.contains("not permitted"), "chown must not pretend: {err}");
-    ok(&format!("chmod 644 {ml}/bar && chmod 755 {ml}/. && chown 0:0 {ml}/bar"));
+    assert!(
+        !success && err.contains("not permitted"),
+        "chown must not pretend: {err}"
+    );
+    ok(&format!(
+        "chmod 644 {ml}/bar && chmod 755 {ml}/. && chown 0:0 {ml}/bar"
+    ));
 
     // The mount is the mounting user's alone unless --allow-other.
     let options = mount_options(&m[0]);
@@ -145,7 +175,10 @@ fn echo_on_one_node_cat_on_every_node() {
 /// The kernel's super-block options of the mount at `path`.
 fn mount_options(path: &Path) -> String {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = table.lines().find(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == path)).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == path))
+        .unwrap();
     line.rsplit(' ').next().unwrap().to_string()
 }
 
@@ -155,10 +188,16 @@ fn allow_other_is_opt_in() {
         return;
     }
     let c = Cluster::start_with(1, |i, tmp| {
-        vec!["--mount".into(), mount_of(tmp, i).display().to_string(), "--allow-other".into()]
+        vec![
+            "--mount".into(),
+            mount_of(tmp, i).display().to_string(),
+            "--allow-other".into(),
+        ]
     });
     let mount = mount_of(c.tmp.path(), 0);
-    wait_for(Duration::from_secs(20), "the mount", || is_mounted(&mount).then_some(()));
+    wait_for(Duration::from_secs(20), "the mount", || {
+        is_mounted(&mount).then_some(())
+    });
     let options = mount_options(&mount);
     assert!(options.contains("allow_other"), "{options}");
 }
@@ -175,26 +214,53 @@ fn large_files_tarballs_and_git_leave_identical_trees() {
     std::fs::create_dir_all(work.join("src")).unwrap();
 
     // 64 MiB through a follower's mount, without holding it in memory.
-    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(work.join("big.bin"), &big).unwrap();
-    ok(&format!("cp {}/big.bin {}/big.bin", work.display(), m[writer].display()));
+    ok(&format!(
+        "cp {}/big.bin {}/big.bin",
+        work.display(),
+        m[writer].display()
+    ));
     for (i, mount) in m.iter().enumerate() {
-        assert!(std::fs::read(mount.join("big.bin")).unwrap() == big, "node {i} has the exact bytes");
+        assert!(
+            std::fs::read(mount.join("big.bin")).unwrap() == big,
+            "node {i} has the exact bytes"
+        );
     }
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", c.nodes[writer].child.as_ref().unwrap().id())).unwrap();
-    let peak_kb: u64 =
-        status.lines().find(|l| l.starts_with("VmHWM")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        c.nodes[writer].child.as_ref().unwrap().id()
+    ))
+    .unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(peak_kb < 48 * 1024, "peak RSS {peak_kb} kB while copying 64 MiB");
 
     // A tarball of a few hundred files, unpacked into the mount.
     for i in 0..300 {
         let dir = work.join(format!("src/d{}", i % 12));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n").repeat(i % 7 + 1)).unwrap();
+        std::fs::write(
+            dir.join(format!("f{i}.txt")),
+            format!("file {i}\n").repeat(i % 7 + 1),
+        )
+        .unwrap();
     }
     ok(&format!("cd {} && tar cf src.tar src", work.display()));
-    ok(&format!("tar xf {}/src.tar -C {}", work.display(), m[writer].display()));
+    ok(&format!(
+        "tar xf {}/src.tar -C {}",
+        work.display(),
+        m[writer].display()
+    ));
     assert_eq!(tree(&m[writer].join("src")), tree(&work.join("src")));
 
     // git inside the mount.
@@ -205,7 +271,11 @@ fn large_files_tarballs_and_git_leave_identical_trees() {
         r = repo.display(),
         src = work.join("src").display()
     ));
-    assert!(ok(&format!("cd {} && git log --oneline", m[writer].join("repo").display())).contains("first"));
+    assert!(ok(&format!(
+        "cd {} && git log --oneline",
+        m[writer].join("repo").display()
+    ))
+    .contains("first"));
 
     // Identical trees on all nodes: through every mount and in every data directory.
     let reference = tree(&m[0]);
@@ -237,7 +307,11 @@ fn close_fails_without_quorum_and_mounts_recover() {
     let (success, _, err) = sh(&format!("echo lost > {}/f", m[a].display()));
     assert!(!success, "close must fail without a quorum");
     assert!(err.contains("Input/output error"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The killed nodes left stale mounts ("Transport endpoint is not connected").
     let stale = std::fs::metadata(&m[b]).unwrap_err();
@@ -257,13 +331,18 @@ fn close_fails_without_quorum_and_mounts_recover() {
         let socket = listener();
         let port = socket.local_addr().unwrap().port().to_string();
         let mut cmd = Command::new(bin());
-        cmd.arg(c.tmp.path().join(dir)).args(["--port", &port, "--mount", &mount.display().to_string()]);
+        cmd.arg(c.tmp.path().join(dir))
+            .args(["--port", &port, "--mount", &mount.display().to_string()]);
         pass_listener(&mut cmd, &socket);
         cmd.output().unwrap()
     };
     let busy = run_other("other", &m[a]);
     assert!(!busy.status.success());
-    assert!(String::from_utf8_lossy(&busy.stderr).contains("busy"), "{}", String::from_utf8_lossy(&busy.stderr));
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("busy"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
     let file = c.tmp.path().join("plain-file");
     std::fs::write(&file, b"").unwrap();
     let not_dir = run_other("other2", &file);
@@ -271,6 +350,8 @@ fn close_fails_without_quorum_and_mounts_recover() {
 
     // SIGTERM unmounts cleanly.
     c.nodes[a].signal(libc::SIGTERM);
-    wait_for(Duration::from_secs(20), "the node to exit", || (!c.nodes[a].is_running()).then_some(()));
+    wait_for(Duration::from_secs(20), "the node to exit", || {
+        (!c.nodes[a].is_running()).then_some(())
+    });
     assert!(!is_mounted(&m[a]), "unmounted on SIGTERM");
 }

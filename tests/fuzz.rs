@@ -23,11 +23,17 @@ const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
 
 fn corpus_lines() -> Vec<Vec<u8>> {
     let text = std::fs::read(format!("{CORPUS}/log-lines.txt")).unwrap();
-    text.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
+    text.split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 fn corpus_names() -> Vec<String> {
-    std::fs::read_to_string(format!("{CORPUS}/names.txt")).unwrap().lines().map(str::to_string).collect()
+    std::fs::read_to_string(format!("{CORPUS}/names.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn corpus_snapshot() -> Vec<u8> {
@@ -76,7 +82,9 @@ fn listing(dir: &Path) -> BTreeSet<String> {
 
 /// Names built from pieces an attacker would use.
 fn name() -> impl Strategy<Value = String> {
-    let piece = prop::sample::select(vec!["a", "b", "..", ".", "", "link", "x y", "log", "\0", "ü", "/"]);
+    let piece = prop::sample::select(vec![
+        "a", "b", "..", ".", "", "link", "x y", "log", "\0", "ü", "/",
+    ]);
     (prop::collection::vec(piece, 1..4), any::<bool>()).prop_map(|(pieces, absolute)| {
         let joined = pieces.join("/");
         if absolute {
@@ -90,12 +98,31 @@ fn name() -> impl Strategy<Value = String> {
 fn command() -> impl Strategy<Value = Command> {
     let data = prop::collection::vec(any::<u8>(), 0..16).prop_map(Data);
     prop_oneof![
-        (name(), data.clone()).prop_map(|(n, d)| Command::Write(Write { filename: n, data: d, mtime: 1, req: None })),
-        name().prop_map(|n| Command::Delete(Delete { filename: n, req: None })),
-        name().prop_map(|n| Command::Mkdir(Dir { dirname: n, mtime: 1, req: None })),
-        name().prop_map(|n| Command::Rmdir(Dir { dirname: n, mtime: 0, req: None })),
+        (name(), data.clone()).prop_map(|(n, d)| Command::Write(Write {
+            filename: n,
+            data: d,
+            mtime: 1,
+            req: None
+        })),
+        name().prop_map(|n| Command::Delete(Delete {
+            filename: n,
+            req: None
+        })),
+        name().prop_map(|n| Command::Mkdir(Dir {
+            dirname: n,
+            mtime: 1,
+            req: None
+        })),
+        name().prop_map(|n| Command::Rmdir(Dir {
+            dirname: n,
+            mtime: 0,
+            req: None
+        })),
         (name(), name()).prop_map(|(from, to)| Command::Rename(Rename { from, to, req: None })),
-        name().prop_map(|n| Command::Touch(Touch { filename: n, mtime: 2 })),
+        name().prop_map(|n| Command::Touch(Touch {
+            filename: n,
+            mtime: 2
+        })),
         (0u64..3, 0u32..3, data).prop_map(|(upload, seq, data)| Command::Chunk(Chunk { upload, seq, data })),
         (0u64..3, prop::option::of(name())).prop_map(|(upload, filename)| Command::Commit(Commit {
             upload,

@@ -40,25 +40,56 @@ fn outside_files(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
 
 /// Commands naming paths outside the tree, as an attacker would send them.
 fn escapes() -> Vec<Command> {
-    let write =
-        |name: &str| Command::Write(Write { filename: name.into(), data: Data(b"x".to_vec()), mtime: 0, req: None });
+    let write = |name: &str| {
+        Command::Write(Write {
+            filename: name.into(),
+            data: Data(b"x".to_vec()),
+            mtime: 0,
+            req: None,
+        })
+    };
     vec![
         write("../escaped"),
         write("../info"),
         write("/tmp/raftd-absolute-escape"),
-        Command::Delete(Delete { filename: "../vote".into(), req: None }),
-        Command::Delete(Delete { filename: "../log".into(), req: None }),
-        Command::Rename(Rename { from: "foo".into(), to: "../log".into(), req: None }),
-        Command::Mkdir(Dir { dirname: "../evil-dir".into(), mtime: 0, req: None }),
-        Command::Touch(Touch { filename: "../info".into(), mtime: 1 }),
+        Command::Delete(Delete {
+            filename: "../vote".into(),
+            req: None,
+        }),
+        Command::Delete(Delete {
+            filename: "../log".into(),
+            req: None,
+        }),
+        Command::Rename(Rename {
+            from: "foo".into(),
+            to: "../log".into(),
+            req: None,
+        }),
+        Command::Mkdir(Dir {
+            dirname: "../evil-dir".into(),
+            mtime: 0,
+            req: None,
+        }),
+        Command::Touch(Touch {
+            filename: "../info".into(),
+            mtime: 1,
+        }),
     ]
 }
 
 fn assert_nothing_escaped(dir: &Path, before: &BTreeMap<String, (u64, std::time::SystemTime)>) {
-    assert_eq!(&outside_files(dir), before, "something outside files/ changed in {}", dir.display());
+    assert_eq!(
+        &outside_files(dir),
+        before,
+        "something outside files/ changed in {}",
+        dir.display()
+    );
     assert!(!dir.join("escaped").exists() && !dir.join("evil-dir").exists());
     assert!(!Path::new("/tmp/raftd-absolute-escape").exists());
-    assert!(read_data_file(dir, "log").contains("raft:config"), "the Raft log is intact");
+    assert!(
+        read_data_file(dir, "log").contains("raft:config"),
+        "the Raft log is intact"
+    );
     assert!(dir.join("vote").exists(), "the vote is intact");
 }
 
@@ -67,7 +98,10 @@ fn last_log_id(node: &Node) -> (u64, u64) {
     let log = read_data_file(&node.dir, "log");
     let line = log.lines().last().expect("a log line");
     let fields: Vec<&str> = line.split(' ').collect();
-    (u64::from_str_radix(fields[1], 16).unwrap(), u64::from_str_radix(fields[2], 16).unwrap())
+    (
+        u64::from_str_radix(fields[1], 16).unwrap(),
+        u64::from_str_radix(fields[2], 16).unwrap(),
+    )
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -76,7 +110,14 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 /// POSTs JSON to a peer route, as peers do.
 fn peer_post(node: &Node, route: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    http_with(&node.name, "POST", route, &[("Content-Type", "application/json")], body).unwrap_or((0, Vec::new()))
+    http_with(
+        &node.name,
+        "POST",
+        route,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .unwrap_or((0, Vec::new()))
 }
 
 /// Sends only the head of a request announcing `declared` body bytes, plus a little of it,
@@ -92,11 +133,17 @@ fn announce_body(addr: &str, route: &str, declared: usize) -> u16 {
     let _ = s.write_all(&vec![b' '; 4096]);
     let mut answer = [0u8; 64];
     let n = s.read(&mut answer).unwrap_or(0);
-    String::from_utf8_lossy(&answer[..n]).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    String::from_utf8_lossy(&answer[..n])
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 fn applied(node: &Node) -> u64 {
-    node.status().and_then(|s| s["applied_index"].as_u64()).unwrap_or(0)
+    node.status()
+        .and_then(|s| s["applied_index"].as_u64())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -108,7 +155,13 @@ fn proposals_with_escaping_names_are_refused_on_every_node() {
     for node in &c.nodes {
         for cmd in escapes() {
             let (code, body) = peer_post(node, "/raft/propose", &serde_json::to_vec(&cmd).unwrap());
-            assert_eq!(code, 400, "{cmd:?} on {}: {}", node.name, String::from_utf8_lossy(&body));
+            assert_eq!(
+                code,
+                400,
+                "{cmd:?} on {}: {}",
+                node.name,
+                String::from_utf8_lossy(&body)
+            );
         }
         // The exact request from the report.
         let raw = br#"{"Write":{"filename":"../escaped","content":"x","mtime":0}}"#;
@@ -140,7 +193,10 @@ fn escaping_names_arriving_by_append_apply_as_errors() {
     let entries: Vec<Entry> = escapes()
         .into_iter()
         .enumerate()
-        .map(|(i, cmd)| Entry { log_id: log_id(forged_term, last + 1 + i as u64), payload: EntryPayload::Normal(cmd) })
+        .map(|(i, cmd)| Entry {
+            log_id: log_id(forged_term, last + 1 + i as u64),
+            payload: EntryPayload::Normal(cmd),
+        })
         .collect();
     let end = entries.last().unwrap().log_id;
     let req = AppendEntriesRequest::<TypeConfig> {
@@ -149,17 +205,25 @@ fn escaping_names_arriving_by_append_apply_as_errors() {
         entries,
         leader_commit: Some(end),
     };
-    let (code, body) = peer_post(node, &format!("/raft/append?target={id}"), &serde_json::to_vec(&req).unwrap());
+    let (code, body) = peer_post(
+        node,
+        &format!("/raft/append?target={id}"),
+        &serde_json::to_vec(&req).unwrap(),
+    );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    wait_for(Duration::from_secs(10), "the forged entries to be applied", || {
-        (applied(node) >= end.index).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the forged entries to be applied",
+        || (applied(node) >= end.index).then_some(()),
+    );
 
     assert_nothing_escaped(&node.dir, &before);
     // The node survives: it elects itself again and takes writes; the rename was refused.
-    wait_for(Duration::from_secs(20), "a write after the forged entries", || {
-        (node.post("/files/after", b"ok").0 == 200).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "a write after the forged entries",
+        || (node.post("/files/after", b"ok").0 == 200).then_some(()),
+    );
     assert_eq!(node.get("/files/foo"), (200, b"keep".to_vec()));
     assert!(c.nodes[0].is_running());
 }
@@ -170,7 +234,9 @@ fn escaping_names_planted_in_the_log_apply_as_errors_after_restart() {
     c.wait_leader();
     assert_eq!(c.nodes[0].post("/files/foo", b"keep").0, 200);
     c.nodes[0].signal(libc::SIGTERM);
-    wait_for(Duration::from_secs(10), "a clean stop", || (!c.nodes[0].is_running()).then_some(()));
+    wait_for(Duration::from_secs(10), "a clean stop", || {
+        (!c.nodes[0].is_running()).then_some(())
+    });
     c.nodes[0].child = None;
     let before = outside_files(&c.nodes[0].dir);
 
@@ -178,7 +244,10 @@ fn escaping_names_planted_in_the_log_apply_as_errors_after_restart() {
     let (last, term) = last_log_id(&c.nodes[0]);
     let mut lines = Vec::new();
     for (i, cmd) in escapes().into_iter().enumerate() {
-        let entry = Entry { log_id: log_id(term, last + 1 + i as u64), payload: EntryPayload::Normal(cmd) };
+        let entry = Entry {
+            log_id: log_id(term, last + 1 + i as u64),
+            payload: EntryPayload::Normal(cmd),
+        };
         log_format::encode(&entry, &mut lines).unwrap();
     }
     let log_path = c.nodes[0].dir.join("log");
@@ -190,13 +259,18 @@ fn escaping_names_planted_in_the_log_apply_as_errors_after_restart() {
     c.nodes[0].spawn();
     c.wait_leader();
     let node = &c.nodes[0];
-    wait_for(Duration::from_secs(10), "the planted entries to be applied", || {
-        (applied(node) >= planted_end).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the planted entries to be applied",
+        || (applied(node) >= planted_end).then_some(()),
+    );
     assert_nothing_escaped(&node.dir, &before);
     assert_eq!(node.get("/files/foo"), (200, b"keep".to_vec()));
     assert_eq!(node.post("/files/after", b"ok").0, 200);
-    assert!(read_data_file(&node.dir, "log").contains("../escaped"), "the planted entries are in the log");
+    assert!(
+        read_data_file(&node.dir, "log").contains("../escaped"),
+        "the planted entries are in the log"
+    );
 }
 
 #[test]
@@ -232,17 +306,34 @@ fn peer_and_membership_routes_need_the_cluster_token() {
     ];
     for node in &c.nodes {
         for (route, body) in &routes {
-            for auth in [None, Some("Bearer wrong-token"), Some("Bearer s3cret-token2"), Some("s3cret-token")] {
+            for auth in [
+                None,
+                Some("Bearer wrong-token"),
+                Some("Bearer s3cret-token2"),
+                Some("s3cret-token"),
+            ] {
                 let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
                 let mut headers = headers;
                 headers.push(("Content-Type", "application/json"));
                 let (code, answer) = http_with(&node.name, "POST", route, &headers, body).unwrap();
-                assert_eq!(code, 401, "{route} with {auth:?} on {}: {}", node.name, String::from_utf8_lossy(&answer));
+                assert_eq!(
+                    code,
+                    401,
+                    "{route} with {auth:?} on {}: {}",
+                    node.name,
+                    String::from_utf8_lossy(&answer)
+                );
             }
         }
     }
     // Nothing happened: three members, all running, no forged file.
-    assert_eq!(c.nodes[leader].status().unwrap()["members"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        c.nodes[leader].status().unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     for i in 0..3 {
         assert!(c.nodes[i].is_running(), "{} still runs", c.nodes[i].name);
         assert_eq!(c.nodes[i].get("/files/forged").0, 404);
@@ -261,9 +352,21 @@ fn peer_and_membership_routes_need_the_cluster_token() {
     });
     assert!(!exit.success());
     let logs = c.nodes[wrong].logs();
-    assert!(logs.contains("refused the join") && logs.contains("token"), "{logs}");
-    assert_eq!(c.nodes[leader].status().unwrap()["members"].as_array().unwrap().len(), 3);
-    assert!(c.nodes[leader].status().unwrap()["learners"].as_array().unwrap().is_empty());
+    assert!(
+        logs.contains("refused the join") && logs.contains("token"),
+        "{logs}"
+    );
+    assert_eq!(
+        c.nodes[leader].status().unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(c.nodes[leader].status().unwrap()["learners"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -277,27 +380,48 @@ fn malformed_and_oversized_peer_messages_are_refused() {
     let post = |route: &str, body: &[u8]| peer_post(node, route, body);
 
     // Bodies far over the peer limit: 413 before anything is read.
-    for route in [format!("/raft/append?target={id}"), "/raft/propose".into(), "/cluster/join".into()] {
+    for route in [
+        format!("/raft/append?target={id}"),
+        "/raft/propose".into(),
+        "/cluster/join".into(),
+    ] {
         assert_eq!(announce_body(&node.name, &route, 256 << 20), 413, "{route}");
     }
     // Garbage.
-    for route in [format!("/raft/append?target={id}"), format!("/raft/vote?target={id}"), "/raft/propose".into()] {
+    for route in [
+        format!("/raft/append?target={id}"),
+        format!("/raft/vote?target={id}"),
+        "/raft/propose".into(),
+    ] {
         let code = post(&route, b"\x00\xffnot json").0;
         assert!((400..500).contains(&code), "{route}: {code}");
     }
     // Non-consecutive entries.
-    let blank = |t, i| Entry { log_id: log_id(t, i), payload: EntryPayload::Blank };
+    let blank = |t, i| Entry {
+        log_id: log_id(t, i),
+        payload: EntryPayload::Blank,
+    };
     let gap = AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(term, id),
         prev_log_id: Some(log_id(last_term, last)),
         entries: vec![blank(term, last + 1), blank(term, last + 3)],
         leader_commit: None,
     };
-    let (code, body) = post(&format!("/raft/append?target={id}"), &serde_json::to_vec(&gap).unwrap());
+    let (code, body) = post(
+        &format!("/raft/append?target={id}"),
+        &serde_json::to_vec(&gap).unwrap(),
+    );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
     // A vote from a stranger, at a much higher term.
     let vote = VoteRequest::new(Vote::new(term + 100, 4242), Some(log_id(term + 99, last + 100)));
-    assert_eq!(post(&format!("/raft/vote?target={id}"), &serde_json::to_vec(&vote).unwrap()).0, 403);
+    assert_eq!(
+        post(
+            &format!("/raft/vote?target={id}"),
+            &serde_json::to_vec(&vote).unwrap()
+        )
+        .0,
+        403
+    );
     // Snapshots that would not unpack: garbage, and a truncated archive.
     for data in [b"garbage".to_vec(), b"raftd-snapshot 1\n{\"meta\":".to_vec()] {
         let snap = InstallSnapshotRequest::<TypeConfig> {
@@ -307,17 +431,29 @@ fn malformed_and_oversized_peer_messages_are_refused() {
             data,
             done: true,
         };
-        let (code, body) = post(&format!("/raft/snapshot?target={id}"), &serde_json::to_vec(&snap).unwrap());
+        let (code, body) = post(
+            &format!("/raft/snapshot?target={id}"),
+            &serde_json::to_vec(&snap).unwrap(),
+        );
         assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
     }
     // A proposal over the chunk size, and one with a bad name.
-    let big = Command::Write(Write { filename: "big".into(), data: Data(vec![b'x'; 1001]), mtime: 0, req: None });
+    let big = Command::Write(Write {
+        filename: "big".into(),
+        data: Data(vec![b'x'; 1001]),
+        mtime: 0,
+        req: None,
+    });
     assert_eq!(post("/raft/propose", &serde_json::to_vec(&big).unwrap()).0, 413);
     // Membership: a join name that is not host:port, removing the last voter.
     for name in ["evil/path:1", "host:99999", "a b:1", "host"] {
         let join = format!(r#"{{"id":5,"name":"{name}"}}"#);
         assert_eq!(post("/cluster/join", join.as_bytes()).0, 400, "{name}");
-        assert_eq!(post("/raft/join", join.as_bytes()).0, 200, "forwarded form answers a Rejected");
+        assert_eq!(
+            post("/raft/join", join.as_bytes()).0,
+            200,
+            "forwarded form answers a Rejected"
+        );
     }
     let own = format!(r#"{{"name":"{}"}}"#, node.name);
     let (code, body) = post("/cluster/remove", own.as_bytes());

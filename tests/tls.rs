@@ -21,13 +21,20 @@ struct Pki {
 fn make_pki(dir: &Path, name: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} CA"));
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
 
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, format!("{name} node"));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} node"));
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
 
@@ -44,7 +51,14 @@ fn make_pki(dir: &Path, name: &str) -> Pki {
 
 fn node_args(pki: &Pki) -> Vec<String> {
     let p = |p: &PathBuf| p.display().to_string();
-    vec!["--tls-cert".into(), p(&pki.cert), "--tls-key".into(), p(&pki.key), "--tls-ca".into(), p(&pki.ca)]
+    vec![
+        "--tls-cert".into(),
+        p(&pki.cert),
+        "--tls-key".into(),
+        p(&pki.key),
+        "--tls-ca".into(),
+        p(&pki.ca),
+    ]
 }
 
 fn curl_args(pki: &Pki, client_cert: bool) -> Vec<String> {
@@ -68,13 +82,20 @@ fn mutual_tls_cluster_joins_replicates_fails_over_and_refuses_strangers() {
     let follower = c.followers(leader)[0];
     assert_eq!(c.nodes[follower].post("/files/secure", b"over tls").0, 200);
     for i in 0..3 {
-        assert_eq!(c.nodes[i].get("/files/secure"), (200, b"over tls".to_vec()), "node {i}");
+        assert_eq!(
+            c.nodes[i].get("/files/secure"),
+            (200, b"over tls".to_vec()),
+            "node {i}"
+        );
     }
 
     // A client with no certificate may use the client API but not the peer or membership routes.
     let anonymous = curl_args(&ours, false);
     let name = c.nodes[follower].name.clone();
-    assert_eq!(https(&name, &anonymous, "GET", "/files/secure", b""), (200, b"over tls".to_vec()));
+    assert_eq!(
+        https(&name, &anonymous, "GET", "/files/secure", b""),
+        (200, b"over tls".to_vec())
+    );
     for route in ["/cluster/remove", "/raft/propose", "/cluster/join"] {
         let (code, body) = https(&name, &anonymous, "POST", route, b"{}");
         assert_eq!(code, 401, "{route}: {}", String::from_utf8_lossy(&body));
@@ -106,7 +127,10 @@ fn mutual_tls_cluster_joins_replicates_fails_over_and_refuses_strangers() {
         let logs = c.nodes[intruder].logs();
         logs.contains("join failed").then_some(logs)
     });
-    assert!(logs.to_lowercase().contains("certificate") || logs.contains("tls"), "{logs}");
+    assert!(
+        logs.to_lowercase().contains("certificate") || logs.contains("tls"),
+        "{logs}"
+    );
     let members = c.nodes[new].status().unwrap();
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
     assert!(members["learners"].as_array().unwrap().is_empty());

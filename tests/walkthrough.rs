@@ -23,8 +23,15 @@ struct Tty {
 impl Tty {
     fn spawn(args: &[&str], socket: &std::net::TcpListener, stderr: &std::path::Path) -> Tty {
         let (mut master, mut slave) = (0, 0);
-        let rc =
-            unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         let slave = unsafe { OwnedFd::from_raw_fd(slave) };
         let master = unsafe { File::from_raw_fd(master) };
@@ -47,14 +54,23 @@ impl Tty {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Tty { child, master, output }
+        Tty {
+            child,
+            master,
+            output,
+        }
     }
 
     /// Waits for `text` on the terminal (line ends normalised), then types `answer` + Enter.
     fn expect_then_type(&mut self, text: &str, answer: &str) {
         let output = self.output.clone();
         wait_for(Duration::from_secs(10), &format!("prompt {text:?}"), || {
-            output.lock().unwrap().replace("\r\n", "\n").contains(text).then_some(())
+            output
+                .lock()
+                .unwrap()
+                .replace("\r\n", "\n")
+                .contains(text)
+                .then_some(())
         });
         self.master.write_all(format!("{answer}\n").as_bytes()).unwrap();
     }
@@ -101,14 +117,24 @@ fn walkthrough_at_the_prompts() {
     n2.expect_then_type("Enter port: [4001] ", &p2.to_string());
     n2.expect_then_type(NO_LOG_PROMPT, &name1);
     let mut n3 = Command::new(bin());
-    n3.args([dir(3).to_str().unwrap(), "--port", &p3.to_string(), "--join", &name1])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    n3.args([
+        dir(3).to_str().unwrap(),
+        "--port",
+        &p3.to_string(),
+        "--join",
+        &name1,
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     pass_listener(&mut n3, &s3);
     let mut n3 = n3.spawn().unwrap();
     drop(s3);
-    let names = [name1.clone(), format!("localhost:{p2}"), format!("localhost:{p3}")];
+    let names = [
+        name1.clone(),
+        format!("localhost:{p2}"),
+        format!("localhost:{p3}"),
+    ];
     wait_for(Duration::from_secs(30), "three members", || {
         let (_, body) = http(&name1, "GET", "/status", b"").ok()?;
         let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
@@ -116,9 +142,16 @@ fn walkthrough_at_the_prompts() {
     });
 
     // curl -XPOST http://localhost:4001/files/foo -d BAR; curl http://localhost:400N/files/foo
-    assert_eq!(http(&name1, "POST", "/files/foo", b"BAR").unwrap(), (200, Vec::new()));
+    assert_eq!(
+        http(&name1, "POST", "/files/foo", b"BAR").unwrap(),
+        (200, Vec::new())
+    );
     for name in &names {
-        assert_eq!(http(name, "GET", "/files/foo", b"").unwrap(), (200, b"BAR".to_vec()), "{name}");
+        assert_eq!(
+            http(name, "GET", "/files/foo", b"").unwrap(),
+            (200, b"BAR".to_vec()),
+            "{name}"
+        );
     }
 
     // cat ~/node.1/log: one verified line per entry, the write among them.
@@ -128,12 +161,21 @@ fn walkthrough_at_the_prompts() {
         assert_eq!(fields.len(), 5, "{line}");
         let (crc, index, term) = (fields[0], fields[1], fields[2]);
         assert!(crc.len() == 8 && index.len() == 16 && term.len() == 16, "{line}");
-        assert_eq!(crc, format!("{:08x}", crc32fast::hash(format!("{}\n", &line[9..]).as_bytes())));
+        assert_eq!(
+            crc,
+            format!("{:08x}", crc32fast::hash(format!("{}\n", &line[9..]).as_bytes()))
+        );
         assert_eq!(u64::from_str_radix(index, 16).unwrap(), expected_index as u64);
-        assert!(fields[3].starts_with("raft:") || fields[3].starts_with("file:"), "{line}");
+        assert!(
+            fields[3].starts_with("raft:") || fields[3].starts_with("file:"),
+            "{line}"
+        );
         serde_json::from_str::<serde_json::Value>(fields[4]).unwrap();
     }
-    assert!(log.contains(" file:write {\"filename\":\"foo\",\"content\":\"BAR\","), "{log}");
+    assert!(
+        log.contains(" file:write {\"filename\":\"foo\",\"content\":\"BAR\","),
+        "{log}"
+    );
 
     // A restarted node reads its identity from the data dir and asks nothing.
     drop(n1);
@@ -145,13 +187,20 @@ fn walkthrough_at_the_prompts() {
         (code == 200 && body == b"BAR").then_some(())
     });
     let screen = restarted.screen();
-    assert!(screen.contains(&format!("Name: {name1}")) && !screen.contains("Enter"), "{screen}");
+    assert!(
+        screen.contains(&format!("Name: {name1}")) && !screen.contains("Enter"),
+        "{screen}"
+    );
     drop(n2);
     let _ = n3.kill();
     let mut out = String::new();
     n3.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     let _ = n3.wait();
-    assert_eq!(out, format!("Name: localhost:{p3}\n"), "no prompts without a terminal");
+    assert_eq!(
+        out,
+        format!("Name: localhost:{p3}\n"),
+        "no prompts without a terminal"
+    );
 }
 
 #[test]
@@ -162,7 +211,10 @@ fn without_a_terminal_defaults_apply() {
     let socket = listener();
     let addr = socket.local_addr().unwrap().to_string();
     let mut cmd = Command::new(bin());
-    cmd.arg(tmp.path().join("node")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg(tmp.path().join("node"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     pass_listener(&mut cmd, &socket);
     let mut child = cmd.spawn().unwrap();
     drop(socket);

@@ -30,6 +30,9 @@ mod tests {
         assert_eq!(errno(&Error::Unavailable("no quorum".into())), libc::EIO);
         let long = crate::names::validate(&"x".repeat(300)).unwrap_err();
         assert_eq!(errno(&long), libc::ENAMETOOLONG);
-        assert_eq!(errno(&crate::names::validate("a/../b").unwrap_err()), libc::EINVAL);
+        assert_eq!(
+            errno(&crate::names::validate("a/../b").unwrap_err()),
+            libc::EINVAL
+        );
     }
 }

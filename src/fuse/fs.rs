@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 use tokio::runtime::Handle as Runtime;
 use tracing::debug;
@@ -49,9 +49,14 @@ pub(crate) struct RaftFs {
 
 impl RaftFs {
     /// A filesystem over `node`, buffering writes in `buffers` (emptied first).
-    pub(crate) fn new(node: Arc<Node>, runtime: Runtime, buffers: PathBuf, stale_reads: bool) -> Result<Self> {
-        let handles =
-            Handles::open(buffers.clone()).map_err(|e| Error::io(format!("create {}", buffers.display()), e))?;
+    pub(crate) fn new(
+        node: Arc<Node>,
+        runtime: Runtime,
+        buffers: PathBuf,
+        stale_reads: bool,
+    ) -> Result<Self> {
+        let handles = Handles::open(buffers.clone())
+            .map_err(|e| Error::io(format!("create {}", buffers.display()), e))?;
         let shared = Shared {
             node,
             inodes: Mutex::default(),
@@ -60,7 +65,10 @@ impl RaftFs {
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
         };
-        Ok(RaftFs { shared: Arc::new(shared), runtime })
+        Ok(RaftFs {
+            shared: Arc::new(shared),
+            runtime,
+        })
     }
 
     /// The shared state, for the cache-invalidation thread.
@@ -75,7 +83,11 @@ impl RaftFs {
 }
 
 impl Filesystem for RaftFs {
-    fn init(&mut self, _req: &Request<'_>, _config: &mut KernelConfig) -> std::result::Result<(), libc::c_int> {
+    fn init(
+        &mut self,
+        _req: &Request<'_>,
+        _config: &mut KernelConfig,
+    ) -> std::result::Result<(), libc::c_int> {
         Ok(())
     }
 
@@ -156,7 +168,10 @@ impl Filesystem for RaftFs {
                 }
             }
             .await;
-            match result.map_err(|e| errno(&e)).and_then(|()| shared.stat(ino, &path)) {
+            match result
+                .map_err(|e| errno(&e))
+                .and_then(|()| shared.stat(ino, &path))
+            {
                 Ok(attr) => reply.attr(&TTL, &attr),
                 Err(e) => reply.error(e),
             }
@@ -176,14 +191,28 @@ impl Filesystem for RaftFs {
         reply.error(libc::EPERM);
     }
 
-    fn mkdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let shared = self.shared.clone();
         let path = match shared.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         self.later(async move {
-            match shared.node.mkdir(&path).await.map_err(|e| errno(&e)).and_then(|()| shared.lookup_attr(&path)) {
+            match shared
+                .node
+                .mkdir(&path)
+                .await
+                .map_err(|e| errno(&e))
+                .and_then(|()| shared.lookup_attr(&path))
+            {
                 Ok(attr) => reply.entry(&TTL, &attr, 0),
                 Err(e) => reply.error(e),
             }
@@ -379,12 +408,18 @@ impl Filesystem for RaftFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let parent_ino = shared.known(names::split(&path).0).unwrap_or(inodes::ROOT);
-        let mut entries =
-            vec![(ino, FileType::Directory, ".".to_string()), (parent_ino, FileType::Directory, "..".to_string())];
+        let mut entries = vec![
+            (ino, FileType::Directory, ".".to_string()),
+            (parent_ino, FileType::Directory, "..".to_string()),
+        ];
         {
             let mut table = shared.inodes.lock().expect("inode lock");
             for (name, stat) in children {
-                let kind = if stat.is_dir { FileType::Directory } else { FileType::RegularFile };
+                let kind = if stat.is_dir {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
                 entries.push((table.ino(&child_path(&path, &name)), kind, name));
             }
         }
@@ -427,7 +462,11 @@ impl RaftFs {
             Err(e) => return reply.error(e),
         };
         self.later(async move {
-            let result = if dir { shared.node.rmdir(&path).await } else { shared.node.unlink(&path).await };
+            let result = if dir {
+                shared.node.rmdir(&path).await
+            } else {
+                shared.node.unlink(&path).await
+            };
             match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),

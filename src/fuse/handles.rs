@@ -63,7 +63,9 @@ impl Handle {
     pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => {
-                w.buffer.write_all_at(data, offset).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                w.buffer
+                    .write_all_at(data, offset)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
                 w.dirty = true;
                 Ok(())
             }
@@ -75,7 +77,9 @@ impl Handle {
     pub(crate) fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => {
-                w.buffer.set_len(size).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                w.buffer
+                    .set_len(size)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
                 w.dirty = true;
                 Ok(())
             }
@@ -100,7 +104,11 @@ impl Handle {
             Handle::Write(w) if w.dirty => {
                 let contents = w.buffer.try_clone()?;
                 w.dirty = false;
-                Ok(Some(Pending { ino: w.ino, contents, mtime: w.mtime.take() }))
+                Ok(Some(Pending {
+                    ino: w.ino,
+                    contents,
+                    mtime: w.mtime.take(),
+                }))
             }
             _ => Ok(None),
         }
@@ -127,7 +135,11 @@ impl Handles {
     pub(crate) fn open(buffers: PathBuf) -> io::Result<Self> {
         let _ = std::fs::remove_dir_all(&buffers);
         std::fs::create_dir_all(&buffers)?;
-        Ok(Handles { table: Mutex::default(), next: AtomicU64::new(1), buffers })
+        Ok(Handles {
+            table: Mutex::default(),
+            next: AtomicU64::new(1),
+            buffers,
+        })
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Shared>> {
@@ -154,7 +166,10 @@ impl Handles {
 
     /// An open write handle of `ino`, if any.
     pub(crate) fn writer_of(&self, ino: u64) -> Option<Shared> {
-        self.table().values().find(|h| matches!(&*lock(h), Handle::Write(w) if w.ino == ino)).cloned()
+        self.table()
+            .values()
+            .find(|h| matches!(&*lock(h), Handle::Write(w) if w.ino == ino))
+            .cloned()
     }
 
     /// The size of `ino`'s buffered contents, if some handle is writing it.
@@ -169,11 +184,22 @@ impl Handles {
     /// (or the file does not exist yet).
     pub(crate) fn new_writer(&self, ino: u64, committed: Option<File>, truncate: bool) -> io::Result<Handle> {
         let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
-        let mut buffer = File::options().read(true).write(true).create(true).truncate(true).open(&buffer_path)?;
+        let mut buffer = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&buffer_path)?;
         if let (false, Some(mut committed)) = (truncate, committed) {
             io::copy(&mut committed, &mut buffer)?;
         }
-        Ok(Handle::Write(Writer { ino, buffer, buffer_path, dirty: truncate, mtime: None }))
+        Ok(Handle::Write(Writer {
+            ino,
+            buffer,
+            buffer_path,
+            dirty: truncate,
+            mtime: None,
+        }))
     }
 }
 
@@ -192,7 +218,11 @@ mod tests {
         let committed = dir.path().join("committed");
         std::fs::write(&committed, b"old contents").unwrap();
         let handles = Handles::open(dir.path().join("buffers")).unwrap();
-        let (fh, h) = handles.insert(handles.new_writer(7, Some(File::open(&committed).unwrap()), false).unwrap());
+        let (fh, h) = handles.insert(
+            handles
+                .new_writer(7, Some(File::open(&committed).unwrap()), false)
+                .unwrap(),
+        );
         assert!(!locked(&h).is_dirty(), "opening without O_TRUNC changes nothing");
         locked(&h).write_at(b"new", 0).unwrap();
         assert_eq!(handles.buffered_size(7), Some(12));
@@ -205,6 +235,10 @@ mod tests {
         assert!(locked(&h).take_pending().unwrap().is_none(), "committed once");
         handles.remove(fh);
         drop((h, pending));
-        assert_eq!(std::fs::read_dir(dir.path().join("buffers")).unwrap().count(), 0, "buffer deleted");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("buffers")).unwrap().count(),
+            0,
+            "buffer deleted"
+        );
     }
 }

@@ -25,7 +25,11 @@ pub(crate) struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Self {
-        let mut t = Inodes { by_ino: HashMap::new(), by_path: HashMap::new(), next: ROOT + 1 };
+        let mut t = Inodes {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: ROOT + 1,
+        };
         t.by_ino.insert(ROOT, String::new());
         t.by_path.insert(String::new(), ROOT);
         t
@@ -85,8 +89,11 @@ impl Inodes {
 /// FUSE attributes for a replicated entry. Permissions are fixed (0755 directories, 0644
 /// files, owned by the mounting user): the tree replicates contents and times, not modes.
 pub(crate) fn attr(ino: u64, stat: &Stat, uid: u32, gid: u32) -> FileAttr {
-    let (kind, perm, nlink) =
-        if stat.is_dir { (FileType::Directory, 0o755, 2) } else { (FileType::RegularFile, 0o644, 1) };
+    let (kind, perm, nlink) = if stat.is_dir {
+        (FileType::Directory, 0o755, 2)
+    } else {
+        (FileType::RegularFile, 0o644, 1)
+    };
     FileAttr {
         ino,
         size: stat.size,
@@ -119,8 +126,16 @@ mod tests {
         assert_eq!(t.get("e"), Some(d));
         assert_eq!(t.get("e/f"), Some(f));
         assert_eq!(t.path(f), Some("e/f"));
-        assert_eq!(t.get("dx"), Some(other), "a sibling sharing the prefix is untouched");
-        assert_eq!(t.path(target), None, "the replaced target's number no longer resolves");
+        assert_eq!(
+            t.get("dx"),
+            Some(other),
+            "a sibling sharing the prefix is untouched"
+        );
+        assert_eq!(
+            t.path(target),
+            None,
+            "the replaced target's number no longer resolves"
+        );
         assert_eq!(t.get("d"), None);
     }
 }

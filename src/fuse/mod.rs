@@ -56,7 +56,10 @@ impl Mount {
             .spawn(move || invalidate(changes, notifier, shared))
             .map_err(|e| Error::io("spawn invalidation thread", e))?;
         info!(path = %path.display(), "mounted");
-        Ok(Mount { session: Some(session), path: path.to_path_buf() })
+        Ok(Mount {
+            session: Some(session),
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -81,20 +84,25 @@ fn prepare(path: &Path) -> Result<()> {
             detach(path);
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| Error::io(format!("create mount point {}", path.display()), e))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)
+            .map_err(|e| Error::io(format!("create mount point {}", path.display()), e)),
         Err(e) => Err(Error::io(format!("mount point {}", path.display()), e)),
-        Ok(m) if !m.is_dir() => Err(Error::Config(format!("mount point {} is not a directory", path.display()))),
-        Ok(_) if is_mounted(path) => {
-            Err(Error::Config(format!("mount point {} is busy: something is already mounted there", path.display())))
-        }
+        Ok(m) if !m.is_dir() => Err(Error::Config(format!(
+            "mount point {} is not a directory",
+            path.display()
+        ))),
+        Ok(_) if is_mounted(path) => Err(Error::Config(format!(
+            "mount point {} is busy: something is already mounted there",
+            path.display()
+        ))),
         Ok(_) => Ok(()),
     }
 }
 
 fn detach(path: &Path) {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return };
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
     if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
         warn!(path = %path.display(), cause = %std::io::Error::last_os_error(), "could not detach mount");
     }
@@ -102,13 +110,24 @@ fn detach(path: &Path) {
 
 /// Whether `path` is a mount point, per the kernel's mount table.
 pub(crate) fn is_mounted(path: &Path) -> bool {
-    let Ok(abs) = std::path::absolute(path) else { return false };
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    table.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&m.replace("\\040", " ")) == abs)
+    let Ok(abs) = std::path::absolute(path) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&m.replace("\\040", " ")) == abs)
 }
 
 /// Drops the kernel's cached pages and attributes of whatever each applied change touched.
-fn invalidate(mut changes: tokio::sync::broadcast::Receiver<Change>, notifier: Notifier, shared: Arc<shared::Shared>) {
+fn invalidate(
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+    notifier: Notifier,
+    shared: Arc<shared::Shared>,
+) {
     loop {
         let paths = match changes.blocking_recv() {
             Ok(Change::Path(p)) => vec![p],

@@ -31,7 +31,12 @@ pub(crate) struct Shared {
 impl Shared {
     /// The path of an inode, or ENOENT.
     pub(crate) fn path(&self, ino: u64) -> std::result::Result<String, libc::c_int> {
-        self.inodes.lock().expect("inode lock").path(ino).map(str::to_string).ok_or(libc::ENOENT)
+        self.inodes
+            .lock()
+            .expect("inode lock")
+            .path(ino)
+            .map(str::to_string)
+            .ok_or(libc::ENOENT)
     }
 
     /// Known inode of a path, for invalidation.
@@ -59,7 +64,11 @@ impl Shared {
             }
             (Ok(s), None) => s,
             // Created through this mount and not yet committed.
-            (Err(_), Some(size)) => Stat { is_dir: false, size, mtime: SystemTime::now() },
+            (Err(_), Some(size)) => Stat {
+                is_dir: false,
+                size,
+                mtime: SystemTime::now(),
+            },
             (Err(e), None) => return Err(errno(&e)),
         };
         Ok(attr(ino, &stat, self.uid, self.gid))
@@ -147,19 +156,29 @@ impl Shared {
             Err(Error::File(FileError::NotFound(_))) => None,
             Err(e) => return Err(e),
         };
-        self.handles.new_writer(ino, committed, truncate).map_err(|e| Error::io(format!("write buffer for {path}"), e))
+        self.handles
+            .new_writer(ino, committed, truncate)
+            .map_err(|e| Error::io(format!("write buffer for {path}"), e))
     }
 
     /// Proposes a handle's buffered contents if they changed since the last commit.
     pub(super) async fn commit(&self, handle: &handles::Shared) -> Result<()> {
-        let pending = locked(handle).take_pending().map_err(|e| Error::io("clone write buffer", e))?;
+        let pending = locked(handle)
+            .take_pending()
+            .map_err(|e| Error::io("clone write buffer", e))?;
         let Some(pending) = pending else { return Ok(()) };
-        let path = self.path(pending.ino).map_err(|_| FileError::NotFound(format!("inode {}", pending.ino)))?;
+        let path = self
+            .path(pending.ino)
+            .map_err(|_| FileError::NotFound(format!("inode {}", pending.ino)))?;
         debug!(path, "commit");
-        self.node.write_file_from(&path, &pending.contents, pending.mtime).await
+        self.node
+            .write_file_from(&path, &pending.contents, pending.mtime)
+            .await
     }
 }
 
 pub(super) fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -75,7 +75,10 @@ pub(crate) async fn put_file(
 }
 
 /// `DELETE /files/<path>`: remove a file or an empty directory.
-pub(crate) async fn delete_file(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<StatusCode> {
+pub(crate) async fn delete_file(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
     node.delete(&name).await?;
     Ok(StatusCode::OK)
 }
@@ -94,8 +97,10 @@ pub(crate) async fn log(State(node): State<Arc<Node>>) -> Result<Response> {
 /// Reads the whole body, refusing more than the configured limit with 413.
 async fn read_body(node: &Node, headers: &HeaderMap, body: Body) -> Result<Bytes> {
     let limit = node.config().max_body;
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(Error::TooLarge { limit });
     }

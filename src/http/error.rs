@@ -15,9 +15,11 @@ pub(crate) fn status_of(err: &Error) -> StatusCode {
         Error::File(_) => StatusCode::CONFLICT,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Io { .. } | Error::CorruptLog { .. } | Error::Config(_) | Error::Peer { .. } | Error::Raft(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        Error::Io { .. }
+        | Error::CorruptLog { .. }
+        | Error::Config(_)
+        | Error::Peer { .. }
+        | Error::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

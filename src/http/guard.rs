@@ -34,12 +34,18 @@ pub(crate) struct PeerGuard {
 impl PeerGuard {
     /// A guard for the given token and mutual-TLS requirement.
     pub(crate) fn new(token: Option<&str>, require_client_cert: bool) -> Self {
-        PeerGuard { token: token.map(|t| t.as_bytes().to_vec()), require_client_cert }
+        PeerGuard {
+            token: token.map(|t| t.as_bytes().to_vec()),
+            require_client_cert,
+        }
     }
 
     fn admits(&self, req: &Request) -> Result<(), &'static str> {
         if self.require_client_cert {
-            let verified = req.extensions().get::<ConnectInfo<Remote>>().is_some_and(|c| c.0.verified_client);
+            let verified = req
+                .extensions()
+                .get::<ConnectInfo<Remote>>()
+                .is_some_and(|c| c.0.verified_client);
             if !verified {
                 return Err("peer and membership routes need a client certificate from the cluster's CA");
             }
@@ -68,7 +74,11 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware: refuses with 401 whatever the guard does not admit.
-pub(crate) async fn require_member(State(guard): State<Arc<PeerGuard>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_member(
+    State(guard): State<Arc<PeerGuard>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match guard.admits(&req) {
         Ok(()) => next.run(req).await,
         Err(why) => {
@@ -91,7 +101,11 @@ pub(crate) struct Limits {
 impl Limits {
     /// At most `max` requests at once, each given at most `deadline` if set.
     pub(crate) fn new(max: usize, deadline: Option<Duration>) -> Self {
-        Limits { permits: Arc::new(Semaphore::new(max)), deadline, max_body: None }
+        Limits {
+            permits: Arc::new(Semaphore::new(max)),
+            deadline,
+            max_body: None,
+        }
     }
 
     /// Also refuse, before reading any of it, a body declared larger than `bytes`. (Bodies
@@ -105,20 +119,35 @@ impl Limits {
 /// Middleware: 413 for a declared body over the limit, 503 when too many requests are in
 /// flight, 503 when one overruns its deadline.
 pub(crate) async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let (Some(max), Some(len)) = (limits.max_body, declared) {
         if len > max as u64 {
-            return (StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds the limit of {max} bytes\n")).into_response();
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body exceeds the limit of {max} bytes\n"),
+            )
+                .into_response();
         }
     }
     let Ok(_permit) = limits.permits.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; retry later\n",
+        )
+            .into_response();
     };
     match limits.deadline {
         None => next.run(req).await,
         Some(deadline) => match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(response) => response,
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {deadline:?}\n")).into_response(),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no answer within {deadline:?}\n"),
+            )
+                .into_response(),
         },
     }
 }
@@ -144,11 +173,21 @@ mod tests {
     async fn limits_refuse_overload_overrun_and_big_bodies() {
         let limits = Limits::new(1, Some(Duration::from_millis(200))).max_body(10);
         let app = Router::new()
-            .route("/slow", post(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
+            .route(
+                "/slow",
+                post(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
+            )
             .route("/fast", post(|| async { "ok" }))
             .layer(from_fn_with_state(limits, limit));
-        assert_eq!(app.clone().oneshot(request("/fast", &[])).await.unwrap().status(), StatusCode::OK);
-        let big = app.clone().oneshot(request("/fast", &[("content-length", "11")])).await.unwrap();
+        assert_eq!(
+            app.clone().oneshot(request("/fast", &[])).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let big = app
+            .clone()
+            .oneshot(request("/fast", &[("content-length", "11")]))
+            .await
+            .unwrap();
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
         // One slow request holds the only permit: the next is refused at once, then the slow
         // one is cut off at its deadline and the permit comes back.
@@ -163,21 +202,42 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(busy, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(app.oneshot(request("/fast", &[])).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            slow.await.unwrap().unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            app.oneshot(request("/fast", &[])).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]
     async fn the_guard_wants_the_exact_token() {
         let guard = Arc::new(PeerGuard::new(Some("s3cret"), false));
-        let app =
-            Router::new().route("/raft/x", post(|| async { "ok" })).layer(from_fn_with_state(guard, require_member));
-        for auth in [None, Some("Bearer wrong"), Some("s3cret"), Some("Bearer s3cret "), Some("bearer s3cret")] {
+        let app = Router::new()
+            .route("/raft/x", post(|| async { "ok" }))
+            .layer(from_fn_with_state(guard, require_member));
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Bearer s3cret "),
+            Some("bearer s3cret"),
+        ] {
             let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-            let status = app.clone().oneshot(request("/raft/x", &headers)).await.unwrap().status();
+            let status = app
+                .clone()
+                .oneshot(request("/raft/x", &headers))
+                .await
+                .unwrap()
+                .status();
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
         }
-        let ok = app.oneshot(request("/raft/x", &[("authorization", "Bearer s3cret")])).await.unwrap();
+        let ok = app
+            .oneshot(request("/raft/x", &[("authorization", "Bearer s3cret")]))
+            .await
+            .unwrap();
         assert_eq!(ok.status(), StatusCode::OK);
     }
 

@@ -53,7 +53,10 @@ pub(crate) struct Listener {
 impl Listener {
     /// Starts accepting on `tcp`, with TLS if `tls` is given.
     pub(crate) fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Self> {
-        let local = Remote { addr: tcp.local_addr()?, verified_client: false };
+        let local = Remote {
+            addr: tcp.local_addr()?,
+            verified_client: false,
+        };
         let (tx, ready) = mpsc::channel(QUEUE);
         tokio::spawn(accept_loop(tcp, tls.map(TlsAcceptor::from), tx));
         Ok(Listener { ready, local })
@@ -73,7 +76,10 @@ async fn accept_loop(tcp: TcpListener, tls: Option<TlsAcceptor>, tx: mpsc::Sende
         };
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls.clone() else {
-            let remote = Remote { addr, verified_client: false };
+            let remote = Remote {
+                addr,
+                verified_client: false,
+            };
             if tx.send((Stream::Plain(stream), remote)).await.is_err() {
                 return;
             }
@@ -84,7 +90,15 @@ async fn accept_loop(tcp: TcpListener, tls: Option<TlsAcceptor>, tx: mpsc::Sende
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let verified_client = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                    let _ = tx.send((Stream::Tls(Box::new(tls)), Remote { addr, verified_client })).await;
+                    let _ = tx
+                        .send((
+                            Stream::Tls(Box::new(tls)),
+                            Remote {
+                                addr,
+                                verified_client,
+                            },
+                        ))
+                        .await;
                 }
                 Ok(Err(e)) => debug!(%addr, cause = %e, "TLS handshake failed"),
                 Err(_) => debug!(%addr, "TLS handshake timed out"),

@@ -35,16 +35,24 @@ const PEER_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 /// All routes of a node.
 pub(crate) fn router(node: Arc<Node>) -> Router {
     let config = node.config();
-    let files = get(api::get_file).post(api::put_file).put(api::put_file).delete(api::delete_file);
+    let files = get(api::get_file)
+        .post(api::put_file)
+        .put(api::put_file)
+        .delete(api::delete_file);
     let client = Router::new()
         .route("/files", get(api::get_file))
         .route("/files/", get(api::get_file))
         .route("/files/{*path}", files)
         .route("/status", get(api::status))
         .route("/log", get(api::log))
-        .layer(from_fn_with_state(Limits::new(guard::MAX_CLIENT_REQUESTS, None), guard::limit));
-    let guard =
-        Arc::new(PeerGuard::new(config.cluster_token.as_deref(), config.tls.as_ref().is_some_and(|t| t.ca.is_some())));
+        .layer(from_fn_with_state(
+            Limits::new(guard::MAX_CLIENT_REQUESTS, None),
+            guard::limit,
+        ));
+    let guard = Arc::new(PeerGuard::new(
+        config.cluster_token.as_deref(),
+        config.tls.as_ref().is_some_and(|t| t.ca.is_some()),
+    ));
     let deadline = config.request_timeout + config.election_timeout * 2 + PEER_DEADLINE_SLACK;
     let member = PeerRoute::ALL.into_iter().fold(Router::new(), |router, route| {
         let handler = match route {

@@ -35,7 +35,9 @@ fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
 /// never more than this node's own request timeout.
 fn caller_deadline(node: &Node, headers: &HeaderMap) -> Duration {
     let own = node.config().request_timeout;
-    let left = headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let left = headers
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     left.map_or(own, |ms| own.min(Duration::from_millis(ms)))
 }
 
@@ -58,7 +60,11 @@ pub(crate) async fn append(
     if let Err(why) = check_append(&req) {
         return refuse(StatusCode::BAD_REQUEST, why);
     }
-    debug!(term = req.vote.leader_id().term, entries = req.entries.len(), "recv append");
+    debug!(
+        term = req.vote.leader_id().term,
+        entries = req.entries.len(),
+        "recv append"
+    );
     Json(node.raft().append_entries(req).await).into_response()
 }
 
@@ -96,7 +102,11 @@ pub(crate) async fn snapshot(
 }
 
 /// `POST /raft/propose`: a forwarded command, run only if this node leads.
-pub(crate) async fn propose(State(node): State<Arc<Node>>, headers: HeaderMap, Json(cmd): Json<Command>) -> Response {
+pub(crate) async fn propose(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Json(cmd): Json<Command>,
+) -> Response {
     if let Err(e) = node.check_forwarded(&cmd) {
         return e.into_response();
     }
@@ -111,7 +121,11 @@ pub(crate) async fn read_index(State(node): State<Arc<Node>>, headers: HeaderMap
 }
 
 /// `POST /raft/join`: a forwarded join.
-pub(crate) async fn join(State(node): State<Arc<Node>>, headers: HeaderMap, Json(req): Json<JoinRequest>) -> Response {
+pub(crate) async fn join(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Json(req): Json<JoinRequest>,
+) -> Response {
     let timeout = caller_deadline(&node, &headers);
     Json(node.join_local(req, timeout).await).into_response()
 }

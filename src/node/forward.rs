@@ -54,7 +54,10 @@ impl Node {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(Error::Unavailable(format!("gave up after {:?}: {why}", self.config.request_timeout)));
+                return Err(Error::Unavailable(format!(
+                    "gave up after {:?}: {why}",
+                    self.config.request_timeout
+                )));
             }
             let (leader_id, leader_name) = self.leader();
             let reply = if leader_id == Some(self.id) {
@@ -83,9 +86,15 @@ impl Node {
         body: &impl Serialize,
         timeout: Duration,
     ) -> LeaderReply<T> {
-        match self.client.post_json_within(leader, route.path(), body, timeout).await {
+        match self
+            .client
+            .post_json_within(leader, route.path(), body, timeout)
+            .await
+        {
             Ok(resp) if resp.status.is_success() => resp.json::<LeaderReply<T>>().unwrap_or_else(|e| {
-                Err(Refusal::Unavailable(format!("leader {leader} sent an unreadable answer: {e}")))
+                Err(Refusal::Unavailable(format!(
+                    "leader {leader} sent an unreadable answer: {e}"
+                )))
             }),
             Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => Err(Refusal::Unavailable(format!(
                 "leader {leader} refused this node's credentials: {} (do all nodes share the cluster token?)",
@@ -93,7 +102,11 @@ impl Node {
             ))),
             // The leader judged the request itself (a bad name, a body over its limits).
             Ok(resp) if resp.status.is_client_error() => Err(Refusal::Rejected(resp.text())),
-            Ok(resp) => Err(Refusal::Transient(format!("leader {leader} answered {}: {}", resp.status, resp.text()))),
+            Ok(resp) => Err(Refusal::Transient(format!(
+                "leader {leader} answered {}: {}",
+                resp.status,
+                resp.text()
+            ))),
             // Nothing was sent: the leader is down; an election will name another.
             Err(e @ SendError::Connect(..)) => Err(Refusal::Transient(e.to_string())),
             Err(e @ SendError::Timeout(..)) => Err(Refusal::Unavailable(format!(

@@ -31,19 +31,30 @@ impl Node {
         &self,
         req: &InstallSnapshotRequest<TypeConfig>,
     ) -> std::result::Result<(), String> {
-        let mut incoming = self.incoming_snapshot.lock().expect("snapshot check lock poisoned");
+        let mut incoming = self
+            .incoming_snapshot
+            .lock()
+            .expect("snapshot check lock poisoned");
         if req.offset == 0 {
             *incoming = Some((req.meta.snapshot_id.clone(), Validator::default()));
         }
         let Some((id, validator)) = incoming.as_mut() else {
-            return Err(format!("snapshot piece at offset {} without its beginning", req.offset));
+            return Err(format!(
+                "snapshot piece at offset {} without its beginning",
+                req.offset
+            ));
         };
         if *id != req.meta.snapshot_id || validator.position() != req.offset {
             let want = validator.position();
             *incoming = None;
-            return Err(format!("snapshot piece out of order (offset {}, expected {want})", req.offset));
+            return Err(format!(
+                "snapshot piece out of order (offset {}, expected {want})",
+                req.offset
+            ));
         }
-        let checked = validator.feed(&req.data).and_then(|()| if req.done { validator.finish() } else { Ok(()) });
+        let checked = validator
+            .feed(&req.data)
+            .and_then(|()| if req.done { validator.finish() } else { Ok(()) });
         if checked.is_err() || req.done {
             *incoming = None;
         }

@@ -55,7 +55,10 @@ impl Node {
         self.check_leader()?;
         debug!(name = cmd.name(), "propose");
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok(Applied { index: resp.log_id.index, result: resp.data }),
+            Ok(Ok(resp)) => Ok(Applied {
+                index: resp.log_id.index,
+                result: resp.data,
+            }),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
             Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
             Err(_) => Err(Refusal::Unavailable(format!(
@@ -74,7 +77,9 @@ impl Node {
                 Err(Refusal::Unavailable(format!("no quorum: {e}")))
             }
             Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
-            Err(_) => Err(Refusal::Unavailable(format!("no quorum confirmed leadership within {timeout:?}"))),
+            Err(_) => Err(Refusal::Unavailable(format!(
+                "no quorum confirmed leadership within {timeout:?}"
+            ))),
         }
     }
 
@@ -84,7 +89,10 @@ impl Node {
         self.check_leader()?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();
-        if let Some((other, _)) = membership.nodes().find(|(id, n)| n.name == req.name && **id != req.id) {
+        if let Some((other, _)) = membership
+            .nodes()
+            .find(|(id, n)| n.name == req.name && **id != req.id)
+        {
             return Err(Refusal::Rejected(format!(
                 "{} is already the name of member {other}; remove it first (POST /cluster/remove)",
                 req.name
@@ -94,7 +102,9 @@ impl Node {
             return Ok(());
         }
         info!(id = req.id, name = %req.name, "adding node");
-        let node = PeerNode { name: req.name.clone() };
+        let node = PeerNode {
+            name: req.name.clone(),
+        };
         let deadline = Instant::now() + timeout;
         let added = tokio::time::timeout(timeout, self.raft.add_learner(req.id, node, true)).await;
         membership_outcome(added)?;
@@ -108,7 +118,11 @@ impl Node {
         self.check_leader()?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();
-        let Some(id) = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id) else {
+        let Some(id) = membership
+            .nodes()
+            .find(|(_, n)| n.name == req.name)
+            .map(|(id, _)| *id)
+        else {
             return Err(Refusal::Rejected(format!("no member is named {}", req.name)));
         };
         let is_voter = membership.voter_ids().any(|v| v == id);
@@ -127,7 +141,11 @@ impl Node {
         membership_outcome(tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await)?;
         if id != self.id {
             let path = PeerRoute::Removed.to(id);
-            if let Err(e) = self.client.post_json(&req.name, &path, &(), Duration::from_secs(1)).await {
+            if let Err(e) = self
+                .client
+                .post_json(&req.name, &path, &(), Duration::from_secs(1))
+                .await
+            {
                 debug!(cause = %e, "could not tell the removed node");
             }
         }
@@ -144,13 +162,15 @@ fn membership_outcome<T>(r: MembershipResult<T>) -> LeaderReply<()> {
     match r {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))) => {
-            Err(Refusal::Busy)
-        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )))) => Err(Refusal::Busy),
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(Refusal::Rejected(e.to_string()))
         }
         Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
-        Err(_) => Err(Refusal::Unavailable("membership change did not commit in time".into())),
+        Err(_) => Err(Refusal::Unavailable(
+            "membership change did not commit in time".into(),
+        )),
     }
 }

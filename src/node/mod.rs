@@ -102,7 +102,14 @@ pub struct Node {
 
 impl Node {
     /// Wires the handle; `server` builds the parts.
-    pub fn new(id: NodeId, raft: Raft, store: FileStore, log: LogReader, client: HttpClient, config: Config) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        store: FileStore,
+        log: LogReader,
+        client: HttpClient,
+        config: Config,
+    ) -> Self {
         let name = config.name();
         Node {
             id,
@@ -161,7 +168,8 @@ impl Node {
         names::validate(name)?;
         let mut pieces = body.chunks(self.config.chunk_size.max(1));
         let next = || Ok(pieces.next().map(<[u8]>::to_vec));
-        self.write_pieces(name, body.len() as u64, files::now_nanos(), next).await
+        self.write_pieces(name, body.len() as u64, files::now_nanos(), next)
+            .await
     }
 
     /// Replaces a whole file with the contents of a local file, reading one chunk at a time so
@@ -171,7 +179,10 @@ impl Node {
     pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mtime: Option<u64>) -> Result<()> {
         use std::os::unix::fs::FileExt;
         names::validate(name)?;
-        let len = file.metadata().map_err(|e| Error::io("stat write buffer", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat write buffer", e))?
+            .len();
         let chunk = self.config.chunk_size.max(1) as u64;
         let mut offset = 0;
         let next = || {
@@ -179,11 +190,13 @@ impl Node {
                 return Ok(None);
             }
             let mut buf = vec![0; chunk.min(len - offset) as usize];
-            file.read_exact_at(&mut buf, offset).map_err(|e| Error::io("read write buffer", e))?;
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::io("read write buffer", e))?;
             offset += buf.len() as u64;
             Ok(Some(buf))
         };
-        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), next).await
+        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), next)
+            .await
     }
 
     /// One `file:write` when `len` fits in an entry; else `file:chunk`s and a `file:commit`
@@ -197,21 +210,43 @@ impl Node {
     ) -> Result<()> {
         if len <= self.config.chunk_size as u64 {
             let data = Data(next()?.unwrap_or_default());
-            return self.propose(Command::Write(Write { filename: name.into(), data, mtime, req: None })).await;
+            return self
+                .propose(Command::Write(Write {
+                    filename: name.into(),
+                    data,
+                    mtime,
+                    req: None,
+                }))
+                .await;
         }
         let upload: u64 = rand::random();
         let staged = async {
             let mut seq = 0;
             while let Some(piece) = next()? {
-                self.propose(Command::Chunk(Chunk { upload, seq, data: Data(piece) })).await?;
+                self.propose(Command::Chunk(Chunk {
+                    upload,
+                    seq,
+                    data: Data(piece),
+                }))
+                .await?;
                 seq += 1;
             }
-            let commit = Commit { upload, filename: Some(name.into()), mtime, req: None };
+            let commit = Commit {
+                upload,
+                filename: Some(name.into()),
+                mtime,
+                req: None,
+            };
             self.propose(Command::Commit(commit)).await
         };
         let result = staged.await;
         if result.is_err() {
-            let abort = Commit { upload, filename: None, mtime, req: None };
+            let abort = Commit {
+                upload,
+                filename: None,
+                mtime,
+                req: None,
+            };
             if let Err(e) = self.propose(Command::Commit(abort)).await {
                 debug!(cause = %e, upload, "could not abort upload");
             }
@@ -223,7 +258,11 @@ impl Node {
     #[instrument(level = "debug", skip(self))]
     pub async fn touch(&self, name: &str, mtime: u64) -> Result<()> {
         names::validate(name)?;
-        self.propose(Command::Touch(Touch { filename: name.into(), mtime })).await
+        self.propose(Command::Touch(Touch {
+            filename: name.into(),
+            mtime,
+        }))
+        .await
     }
 
     /// Removes a file, or an empty directory.
@@ -231,8 +270,15 @@ impl Node {
     pub async fn delete(&self, name: &str) -> Result<()> {
         names::validate(name)?;
         let cmd = match self.store.stat(name) {
-            Ok(s) if s.is_dir => Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None }),
-            _ => Command::Delete(Delete { filename: name.into(), req: None }),
+            Ok(s) if s.is_dir => Command::Rmdir(Dir {
+                dirname: name.into(),
+                mtime: 0,
+                req: None,
+            }),
+            _ => Command::Delete(Delete {
+                filename: name.into(),
+                req: None,
+            }),
         };
         self.propose(cmd).await
     }
@@ -241,21 +287,35 @@ impl Node {
     #[instrument(level = "debug", skip(self))]
     pub async fn unlink(&self, name: &str) -> Result<()> {
         names::validate(name)?;
-        self.propose(Command::Delete(Delete { filename: name.into(), req: None })).await
+        self.propose(Command::Delete(Delete {
+            filename: name.into(),
+            req: None,
+        }))
+        .await
     }
 
     /// Removes an empty directory.
     #[instrument(level = "debug", skip(self))]
     pub async fn rmdir(&self, name: &str) -> Result<()> {
         names::validate(name)?;
-        self.propose(Command::Rmdir(Dir { dirname: name.into(), mtime: 0, req: None })).await
+        self.propose(Command::Rmdir(Dir {
+            dirname: name.into(),
+            mtime: 0,
+            req: None,
+        }))
+        .await
     }
 
     /// Creates a directory.
     #[instrument(level = "debug", skip(self))]
     pub async fn mkdir(&self, name: &str) -> Result<()> {
         names::validate(name)?;
-        self.propose(Command::Mkdir(Dir { dirname: name.into(), mtime: files::now_nanos(), req: None })).await
+        self.propose(Command::Mkdir(Dir {
+            dirname: name.into(),
+            mtime: files::now_nanos(),
+            req: None,
+        }))
+        .await
     }
 
     /// Renames a file or directory.
@@ -263,7 +323,12 @@ impl Node {
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         names::validate(from)?;
         names::validate(to)?;
-        self.propose(Command::Rename(Rename { from: from.into(), to: to.into(), req: None })).await
+        self.propose(Command::Rename(Rename {
+            from: from.into(),
+            to: to.into(),
+            req: None,
+        }))
+        .await
     }
 
     /// Replicates one command through the leader and returns its replicated outcome once
@@ -274,8 +339,11 @@ impl Node {
             cmd.set_req(rand::random());
         }
         let started = Instant::now();
-        let applied: Applied =
-            self.on_leader(PeerRoute::Propose, &cmd, |timeout| self.propose_local(cmd.clone(), timeout)).await?;
+        let applied: Applied = self
+            .on_leader(PeerRoute::Propose, &cmd, |timeout| {
+                self.propose_local(cmd.clone(), timeout)
+            })
+            .await?;
         self.wait_applied(applied.index, started).await?;
         applied.result.map_err(Error::from)
     }
@@ -283,13 +351,26 @@ impl Node {
     /// Waits (within the request deadline counted from `started`) until this node has
     /// applied `index`.
     async fn wait_applied(&self, index: u64, started: Instant) -> Result<()> {
-        if self.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= index) {
+        if self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .is_some_and(|l| l.index >= index)
+        {
             return Ok(());
         }
         let remaining = self.config.request_timeout.saturating_sub(started.elapsed());
-        self.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "apply locally").await.map(|_| ()).map_err(
-            |e| Error::Unavailable(format!("committed, but this node did not apply index {index} in time: {e}")),
-        )
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "apply locally")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "committed, but this node did not apply index {index} in time: {e}"
+                ))
+            })
     }
 
     /// Waits until this node's files reflect every write committed before the call began
@@ -297,8 +378,11 @@ impl Node {
     #[instrument(level = "debug", skip_all)]
     pub async fn read_barrier(&self) -> Result<()> {
         let started = Instant::now();
-        let index: Option<u64> =
-            self.on_leader(PeerRoute::ReadIndex, &(), |timeout| self.read_index_local(timeout)).await?;
+        let index: Option<u64> = self
+            .on_leader(PeerRoute::ReadIndex, &(), |timeout| {
+                self.read_index_local(timeout)
+            })
+            .await?;
         match index {
             Some(index) => self.wait_applied(index, started).await,
             None => Ok(()),
@@ -309,13 +393,19 @@ impl Node {
     #[instrument(level = "debug", skip(self), fields(name = %req.name))]
     pub async fn join(&self, req: JoinRequest) -> Result<()> {
         check_name(&req.name).map_err(Error::BadRequest)?;
-        self.on_leader(PeerRoute::Join, &req, |timeout| self.join_local(req.clone(), timeout)).await
+        self.on_leader(PeerRoute::Join, &req, |timeout| {
+            self.join_local(req.clone(), timeout)
+        })
+        .await
     }
 
     /// Removes a member by name (through the leader).
     #[instrument(level = "debug", skip(self), fields(name = %req.name))]
     pub async fn remove(&self, req: RemoveRequest) -> Result<()> {
-        self.on_leader(PeerRoute::Remove, &req, |timeout| self.remove_local(req.clone(), timeout)).await
+        self.on_leader(PeerRoute::Remove, &req, |timeout| {
+            self.remove_local(req.clone(), timeout)
+        })
+        .await
     }
 
     /// The current leader's id and name, as this node believes.
@@ -323,7 +413,12 @@ impl Node {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let id = m.current_leader;
-        let name = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()));
+        let name = id.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.name.clone())
+        });
         (id, name)
     }
 
@@ -334,7 +429,12 @@ impl Node {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();
-        let name_of = |id: &NodeId| membership.get_node(id).map(|n| n.name.clone()).unwrap_or_else(|| id.to_string());
+        let name_of = |id: &NodeId| {
+            membership
+                .get_node(id)
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| id.to_string())
+        };
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         Status {
             name: self.name.clone(),
@@ -347,8 +447,16 @@ impl Node {
             last_log_index: m.last_log_index,
             snapshot_index: m.snapshot.map(|l| l.index),
             members: voters.iter().map(name_of).collect(),
-            learners: membership.learner_ids().filter(|id| !voters.contains(id)).map(|id| name_of(&id)).collect(),
-            millis_since_quorum_ack: if m.state == ServerState::Leader { m.millis_since_quorum_ack } else { None },
+            learners: membership
+                .learner_ids()
+                .filter(|id| !voters.contains(id))
+                .map(|id| name_of(&id))
+                .collect(),
+            millis_since_quorum_ack: if m.state == ServerState::Leader {
+                m.millis_since_quorum_ack
+            } else {
+                None
+            },
         }
     }
 }

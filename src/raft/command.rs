@@ -29,7 +29,10 @@ impl Serialize for Data {
         let mut map = s.serialize_map(Some(1))?;
         match std::str::from_utf8(&self.0) {
             Ok(text) => map.serialize_entry("content", text)?,
-            Err(_) => map.serialize_entry("content_b64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?,
+            Err(_) => map.serialize_entry(
+                "content_b64",
+                &base64::engine::general_purpose::STANDARD.encode(&self.0),
+            )?,
         }
         map.end()
     }
@@ -50,8 +53,9 @@ impl<'de> Deserialize<'de> for Data {
                         "content" => data = Some(map.next_value::<String>()?.into_bytes()),
                         "content_b64" => {
                             let text = map.next_value::<String>()?;
-                            let bytes =
-                                base64::engine::general_purpose::STANDARD.decode(text).map_err(de::Error::custom)?;
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(text)
+                                .map_err(de::Error::custom)?;
                             data = Some(bytes);
                         }
                         _ => {
@@ -269,15 +273,28 @@ mod tests {
 
     #[test]
     fn text_stays_readable_in_json() {
-        let c = Command::Write(Write { filename: "foo".into(), data: Data(b"BAR".to_vec()), mtime: 7, req: None });
+        let c = Command::Write(Write {
+            filename: "foo".into(),
+            data: Data(b"BAR".to_vec()),
+            mtime: 7,
+            req: None,
+        });
         assert_eq!(c.name(), "file:write");
-        assert_eq!(c.body_json().unwrap(), r#"{"filename":"foo","content":"BAR","mtime":7}"#);
+        assert_eq!(
+            c.body_json().unwrap(),
+            r#"{"filename":"foo","content":"BAR","mtime":7}"#
+        );
     }
 
     #[test]
     fn binary_round_trips_through_base64() {
         let bytes: Vec<u8> = (0..=255u8).collect();
-        let c = Command::Write(Write { filename: "bin".into(), data: Data(bytes.clone()), mtime: 0, req: Some(3) });
+        let c = Command::Write(Write {
+            filename: "bin".into(),
+            data: Data(bytes.clone()),
+            mtime: 0,
+            req: Some(3),
+        });
         let json = c.body_json().unwrap();
         assert!(json.contains("content_b64"), "{json}");
         let back = Command::from_name_json("file:write", &json).unwrap().unwrap();

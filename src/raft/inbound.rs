@@ -18,7 +18,10 @@ pub(crate) fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(),
     for (expected, entry) in (first..).zip(&req.entries) {
         let id = entry.log_id;
         if id.index != expected {
-            return Err(format!("entry index {} where {expected} was expected: entries must be consecutive", id.index));
+            return Err(format!(
+                "entry index {} where {expected} was expected: entries must be consecutive",
+                id.index
+            ));
         }
         if id.leader_id.term < last_term || id.leader_id.term > term {
             return Err(format!(
@@ -50,7 +53,10 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, Vote};
 
     fn entry(term: u64, index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 0), index), payload: EntryPayload::Blank }
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+            payload: EntryPayload::Blank,
+        }
     }
 
     fn append(prev: Option<(u64, u64)>, entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
@@ -67,9 +73,21 @@ mod tests {
         check_append(&append(None, vec![entry(1, 0), entry(1, 1), entry(3, 2)])).unwrap();
         check_append(&append(Some((2, 9)), vec![entry(2, 10)])).unwrap();
         check_append(&append(Some((2, 9)), vec![])).unwrap();
-        assert!(check_append(&append(Some((2, 9)), vec![entry(2, 11)])).is_err(), "gap");
-        assert!(check_append(&append(None, vec![entry(1, 0), entry(1, 0)])).is_err(), "repeat");
-        assert!(check_append(&append(None, vec![entry(2, 0), entry(1, 1)])).is_err(), "term goes back");
-        assert!(check_append(&append(None, vec![entry(4, 0)])).is_err(), "term beyond the sender's");
+        assert!(
+            check_append(&append(Some((2, 9)), vec![entry(2, 11)])).is_err(),
+            "gap"
+        );
+        assert!(
+            check_append(&append(None, vec![entry(1, 0), entry(1, 0)])).is_err(),
+            "repeat"
+        );
+        assert!(
+            check_append(&append(None, vec![entry(2, 0), entry(1, 1)])).is_err(),
+            "term goes back"
+        );
+        assert!(
+            check_append(&append(None, vec![entry(4, 0)])).is_err(),
+            "term beyond the sender's"
+        );
     }
 }

@@ -62,7 +62,11 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) -> serde_json::Result<()> {
         EntryPayload::Membership(m) => (CONFIG, serde_json::to_string(m)?),
     };
     let mut body = String::with_capacity(IDS_LEN + name.len() + json.len() + 2);
-    let _ = writeln!(body, "{:016x} {:016x} {name} {json}", entry.log_id.index, entry.log_id.leader_id.term);
+    let _ = writeln!(
+        body,
+        "{:016x} {:016x} {name} {json}",
+        entry.log_id.index, entry.log_id.leader_id.term
+    );
     let crc = crc32fast::hash(body.as_bytes());
     out.extend_from_slice(format!("{crc:08x} ").as_bytes());
     out.extend_from_slice(body.as_bytes());
@@ -84,9 +88,14 @@ pub fn decode_header(line: &[u8]) -> Result<Header, DecodeError> {
     }
     let ids = &line[CRC_PREFIX..CRC_PREFIX + IDS_LEN];
     if ids[16] != b' ' || ids[33] != b' ' {
-        return Err(DecodeError::Malformed("index and term must be 16 hex digits".into()));
+        return Err(DecodeError::Malformed(
+            "index and term must be 16 hex digits".into(),
+        ));
     }
-    Ok(Header { index: hex(&ids[..16])?, term: hex(&ids[17..33])? })
+    Ok(Header {
+        index: hex(&ids[..16])?,
+        term: hex(&ids[17..33])?,
+    })
 }
 
 /// Verifies and decodes a whole line.
@@ -94,7 +103,9 @@ pub fn decode(line: &[u8]) -> Result<Entry, DecodeError> {
     let header = decode_header(line)?;
     let rest = std::str::from_utf8(&line[CRC_PREFIX + IDS_LEN..line.len() - 1])
         .map_err(|_| DecodeError::Malformed("not UTF-8".into()))?;
-    let (name, json) = rest.split_once(' ').ok_or_else(|| DecodeError::Malformed("missing command name".into()))?;
+    let (name, json) = rest
+        .split_once(' ')
+        .ok_or_else(|| DecodeError::Malformed("missing command name".into()))?;
     let bad = |e: serde_json::Error| DecodeError::Malformed(format!("{name}: {e}"));
     let payload = match name {
         NOP => EntryPayload::Blank,
@@ -104,7 +115,10 @@ pub fn decode(line: &[u8]) -> Result<Entry, DecodeError> {
             None => return Err(DecodeError::Malformed(format!("unknown command {name:?}"))),
         },
     };
-    Ok(Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(header.term, 0), header.index), payload })
+    Ok(Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(header.term, 0), header.index),
+        payload,
+    })
 }
 
 fn hex(digits: &[u8]) -> Result<u64, DecodeError> {
@@ -137,26 +151,36 @@ mod tests {
         let expected_body =
             "0000000000000003 0000000000000002 file:write {\"filename\":\"foo\",\"content\":\"BAR\",\"mtime\":1}\n";
         assert_eq!(&line[9..], expected_body);
-        assert_eq!(&line[..8], format!("{:08x}", crc32fast::hash(expected_body.as_bytes())));
+        assert_eq!(
+            &line[..8],
+            format!("{:08x}", crc32fast::hash(expected_body.as_bytes()))
+        );
         assert_eq!(decode(&out).unwrap(), write_entry(2, 3, b"BAR"));
     }
 
     #[test]
     fn go_raft_checksum_example() {
         // The checksum go-raft would print for this body: CRC-32/IEEE of index..newline.
-        let body = "0000000000000003 0000000000000002 file:write {\"filename\":\"foo\",\"content\":\"BAR\"}\n";
+        let body =
+            "0000000000000003 0000000000000002 file:write {\"filename\":\"foo\",\"content\":\"BAR\"}\n";
         assert_eq!(format!("{:08x}", crc32fast::hash(body.as_bytes())), "28b5397b");
     }
 
     #[test]
     fn blank_and_binary_entries_round_trip() {
-        let blank =
-            Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), 1), payload: EntryPayload::Blank };
+        let blank = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
+            payload: EntryPayload::Blank,
+        };
         let binary = write_entry(1, 2, &[0, 159, 146, 150, 255, b'\n']);
         let mut out = Vec::new();
         encode(&blank, &mut out).unwrap();
         encode(&binary, &mut out).unwrap();
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 2, "one line per entry");
+        assert_eq!(
+            out.iter().filter(|&&b| b == b'\n').count(),
+            2,
+            "one line per entry"
+        );
         let mut lines = out.split_inclusive(|&b| b == b'\n');
         assert_eq!(decode(lines.next().unwrap()).unwrap(), blank);
         assert_eq!(decode(lines.next().unwrap()).unwrap(), binary);
@@ -166,10 +190,16 @@ mod tests {
     fn damage_is_detected() {
         let mut out = Vec::new();
         encode(&write_entry(1, 5, b"hello"), &mut out).unwrap();
-        assert_eq!(decode(&out[..out.len() - 1]).unwrap_err(), DecodeError::Unterminated);
+        assert_eq!(
+            decode(&out[..out.len() - 1]).unwrap_err(),
+            DecodeError::Unterminated
+        );
         let mut flipped = out.clone();
         flipped[40] ^= 1;
-        assert!(matches!(decode(&flipped).unwrap_err(), DecodeError::Checksum { .. }));
+        assert!(matches!(
+            decode(&flipped).unwrap_err(),
+            DecodeError::Checksum { .. }
+        ));
         assert_eq!(decode_header(&out).unwrap(), Header { index: 5, term: 1 });
     }
 
@@ -188,7 +218,11 @@ mod tests {
                     let mut again = Vec::new();
                     encode(&entry, &mut again).unwrap();
                     let same = if again == line { "identical" } else { "DIFFERS" };
-                    let _ = writeln!(out, "{}\n  encoded back: {same}", serde_json::to_string(&entry).unwrap());
+                    let _ = writeln!(
+                        out,
+                        "{}\n  encoded back: {same}",
+                        serde_json::to_string(&entry).unwrap()
+                    );
                 }
                 Err(e) => {
                     let _ = writeln!(out, "error: {e}");
@@ -200,6 +234,9 @@ mod tests {
             std::fs::write(&golden, &out).unwrap();
         }
         let expected = std::fs::read_to_string(&golden).unwrap_or_default();
-        assert!(out == expected, "log codec output changed (UPDATE_GOLDENFILES=1 to accept):\n{out}");
+        assert!(
+            out == expected,
+            "log codec output changed (UPDATE_GOLDENFILES=1 to accept):\n{out}"
+        );
     }
 }

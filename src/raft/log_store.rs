@@ -135,10 +135,16 @@ fn log_id(term: u64, index: u64) -> LogId {
 impl LogStore {
     /// Opens (or creates) the log in `dir`, verifying every line.
     pub(crate) fn open(dir: &Path) -> Result<Self> {
-        let last_purged: Option<LogId> =
-            fsutil::read_json(&dir.join("purged")).context(|| "read the purge point".into())?.flatten();
+        let last_purged: Option<LogId> = fsutil::read_json(&dir.join("purged"))
+            .context(|| "read the purge point".into())?
+            .flatten();
         let mut log = load(&dir.join(LOG_FILE), last_purged)?;
-        if log.entries.front().map(|&(offset, _)| offset > 0).unwrap_or(log.end > 0 && log.entries.is_empty()) {
+        if log
+            .entries
+            .front()
+            .map(|&(offset, _)| offset > 0)
+            .unwrap_or(log.end > 0 && log.entries.is_empty())
+        {
             // Lines at or below the purge point survived a crash during purge: finish it.
             let first = log.first_index;
             rewrite_from(&mut log, first).context(|| "finish interrupted purge".into())?;
@@ -151,13 +157,22 @@ impl LogStore {
             .name("raftd-log-flush".into())
             .spawn(move || run_flusher(flusher_log, flush_rx))
             .context(|| "spawn log flusher".into())?;
-        let shared = Shared { dir: dir.to_path_buf(), log, flush_tx, committed: Arc::default() };
-        Ok(LogStore { shared: Arc::new(shared) })
+        let shared = Shared {
+            dir: dir.to_path_buf(),
+            log,
+            flush_tx,
+            committed: Arc::default(),
+        };
+        Ok(LogStore {
+            shared: Arc::new(shared),
+        })
     }
 
     /// A reader for `GET /log` and tests.
     pub(crate) fn reader(&self) -> LogReader {
-        LogReader { shared: self.shared.clone() }
+        LogReader {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -231,7 +246,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let log = self.shared.log.read().expect("log lock poisoned");
-        Ok(LogState { last_purged_log_id: log.last_purged, last_log_id: log.last_log_id() })
+        Ok(LogState {
+            last_purged_log_id: log.last_purged,
+            last_log_id: log.last_log_id(),
+        })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
@@ -240,13 +258,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         debug!(%vote, "save vote");
-        let bytes = serde_json::to_vec(vote).map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e.into()))?;
+        let bytes = serde_json::to_vec(vote)
+            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e.into()))?;
         fsutil::write_atomic(&self.shared.dir.join("vote"), &bytes)
             .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        fsutil::read_json(&self.shared.dir.join("vote")).map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Read, e))
+        fsutil::read_json(&self.shared.dir.join("vote"))
+            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -336,7 +356,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 fn rewrite_from(log: &mut LogFile, keep_from: u64) -> std::io::Result<()> {
     let keep_from = keep_from.max(log.first_index);
     let base = log.offset_of(keep_from.min(log.next_index()));
-    let tail = if keep_from < log.next_index() { log.read_lines(keep_from, u64::MAX, u64::MAX)? } else { Vec::new() };
+    let tail = if keep_from < log.next_index() {
+        log.read_lines(keep_from, u64::MAX, u64::MAX)?
+    } else {
+        Vec::new()
+    };
     let tmp = log.path.with_extension("tmp");
     std::fs::write(&tmp, &tail)?;
     File::open(&tmp)?.sync_all()?;
@@ -354,7 +378,12 @@ fn rewrite_from(log: &mut LogFile, keep_from: u64) -> std::io::Result<()> {
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// Reads and verifies the whole log file.
@@ -374,7 +403,9 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
     let mut expected: Option<u64> = None;
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).context(|| format!("read {}", path.display()))?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .context(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -384,12 +415,18 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
             Ok(h) => h,
             Err(e) if at_end => {
                 warn!(path = %path.display(), line = line_no, cause = %e, "dropping torn last log line");
-                log.file.set_len(offset).context(|| format!("truncate {}", path.display()))?;
-                log.file.sync_data().context(|| format!("fsync {}", path.display()))?;
+                log.file
+                    .set_len(offset)
+                    .context(|| format!("truncate {}", path.display()))?;
+                log.file
+                    .sync_data()
+                    .context(|| format!("fsync {}", path.display()))?;
                 break;
             }
             Err(e) => {
-                let hint = expected.map(|e| format!(" (entry at index {e})")).unwrap_or_default();
+                let hint = expected
+                    .map(|e| format!(" (entry at index {e})"))
+                    .unwrap_or_default();
                 return Err(corrupt(path, line_no, format!("{e}{hint}")));
             }
         };
@@ -409,14 +446,28 @@ fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
 }
 
 /// A line whose checksum verified must also continue the index sequence and decode.
-fn check_entry(path: &Path, line_no: usize, line: &[u8], header: Header, expected: Option<u64>) -> Result<()> {
+fn check_entry(
+    path: &Path,
+    line_no: usize,
+    line: &[u8],
+    header: Header,
+    expected: Option<u64>,
+) -> Result<()> {
     if let Some(want) = expected {
         if header.index != want {
-            return Err(corrupt(path, line_no, format!("index {} follows index {}", header.index, want - 1)));
+            return Err(corrupt(
+                path,
+                line_no,
+                format!("index {} follows index {}", header.index, want - 1),
+            ));
         }
     }
     if let Err(e @ DecodeError::Malformed(_)) = log_format::decode(line).map(|_| ()) {
-        return Err(corrupt(path, line_no, format!("{e} (entry at index {})", header.index)));
+        return Err(corrupt(
+            path,
+            line_no,
+            format!("{e} (entry at index {})", header.index),
+        ));
     }
     Ok(())
 }
@@ -425,7 +476,10 @@ fn check_entry(path: &Path, line_no: usize, line: &[u8], header: Header, expecte
 fn check_purge_point(log: &LogFile, path: &Path) -> Result<()> {
     if let (Some(p), Some(_)) = (log.last_purged, log.entries.front()) {
         if log.first_index != p.index + 1 {
-            let reason = format!("first entry is index {} but entries up to {} were purged", log.first_index, p.index);
+            let reason = format!(
+                "first entry is index {} but entries up to {} were purged",
+                log.first_index, p.index
+            );
             return Err(corrupt(path, 1, reason));
         }
     }
@@ -433,7 +487,11 @@ fn check_purge_point(log: &LogFile, path: &Path) -> Result<()> {
 }
 
 fn corrupt(path: &Path, line: usize, reason: String) -> Error {
-    Error::CorruptLog { path: path.to_path_buf(), line, reason }
+    Error::CorruptLog {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    }
 }
 
 /// Group commit: one fdatasync covers every append queued while the previous one ran.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::debug;
@@ -44,11 +44,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerConn {
-        PeerConn { client: self.client.clone(), target, addr: node.name.clone() }
+        PeerConn {
+            client: self.client.clone(),
+            target,
+            addr: node.name.clone(),
+        }
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>;
 
 impl PeerConn {
     async fn call<Req, Resp, E>(&self, rpc: PeerRoute, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
@@ -58,16 +63,21 @@ impl PeerConn {
         E: std::error::Error + DeserializeOwned,
     {
         let path = rpc.to(self.target);
-        let response = self.client.post_json(&self.addr, &path, req, ttl).await.map_err(|e| match e {
-            SendError::Connect(..) => RPCError::Unreachable(Unreachable::new(&e)),
-            other => RPCError::Network(NetworkError::new(&other)),
-        })?;
+        let response = self
+            .client
+            .post_json(&self.addr, &path, req, ttl)
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(..) => RPCError::Unreachable(Unreachable::new(&e)),
+                other => RPCError::Network(NetworkError::new(&other)),
+            })?;
         if !response.status.is_success() {
             let msg = format!("{} answered {}: {}", self.addr, response.status, response.text());
             return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(msg))));
         }
-        let answer: Result<Resp, RaftError<NodeId, E>> =
-            response.json().map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer: Result<Resp, RaftError<NodeId, E>> = response
+            .json()
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -62,11 +62,17 @@ impl Beneath {
 
     /// Checks that this kernel resolves paths beneath a directory (`openat2`, Linux 5.6+).
     pub fn check_supported(&self) -> io::Result<()> {
-        match rfs::openat2(self.root_fd()?, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), RESOLVE) {
+        match rfs::openat2(
+            self.root_fd()?,
+            ".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        ) {
             Ok(_) => Ok(()),
-            Err(e) if e == rustix::io::Errno::NOSYS => {
-                Err(io::Error::other("this kernel lacks openat2(2) (Linux 5.6 or newer is needed)"))
-            }
+            Err(e) if e == rustix::io::Errno::NOSYS => Err(io::Error::other(
+                "this kernel lacks openat2(2) (Linux 5.6 or newer is needed)",
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -79,7 +85,13 @@ impl Beneath {
     /// Opens `name` below the root; the empty name is the root itself.
     fn open_at(&self, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
         let name = if name.is_empty() { "." } else { name };
-        Ok(rfs::openat2(self.root_fd()?, name, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)?)
+        Ok(rfs::openat2(
+            self.root_fd()?,
+            name,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )?)
     }
 
     /// The directory holding `name` (resolved beneath the root) and `name`'s last component.
@@ -134,7 +146,9 @@ impl Beneath {
     /// Creates every missing directory above `name`. A file in the way fails with
     /// `ENOTDIR`/`EEXIST`; a symlink in the way with `ELOOP`.
     pub fn make_parents(&self, name: &str) -> io::Result<()> {
-        let Some((parents, _)) = name.rsplit_once('/') else { return Ok(()) };
+        let Some((parents, _)) = name.rsplit_once('/') else {
+            return Ok(());
+        };
         let mut dir = self.root_fd()?;
         for component in parents.split('/') {
             match rfs::mkdirat(&dir, component, Mode::from_raw_mode(DIR_MODE)) {
@@ -184,7 +198,10 @@ impl Beneath {
     pub fn set_mtime(&self, name: &str, nanos: u64) -> io::Result<()> {
         let (dir, base) = self.parent(name)?;
         let times = Timestamps {
-            last_access: Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_OMIT },
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_OMIT,
+            },
             last_modification: Timespec {
                 tv_sec: (nanos / 1_000_000_000) as i64,
                 tv_nsec: (nanos % 1_000_000_000) as _,
@@ -216,11 +233,17 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("secret"), tree.root().join("file-link")).unwrap();
 
         let loops = |r: io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::ELOOP);
-        assert!(loops(tree.make_parents("link/x/y")), "a directory symlink is not followed");
+        assert!(
+            loops(tree.make_parents("link/x/y")),
+            "a directory symlink is not followed"
+        );
         assert!(loops(tree.mkdir("link/new")));
         assert!(loops(tree.unlink("link/secret")));
         assert!(loops(tree.set_mtime("link/secret", 1)));
-        assert!(tree.open_file("file-link").is_err(), "a final symlink is not followed");
+        assert!(
+            tree.open_file("file-link").is_err(),
+            "a final symlink is not followed"
+        );
         assert!(tree.open_file("link/secret").is_err());
         assert!(tree.list("link").is_err());
         let temp = dir.path().join("temp");
@@ -247,7 +270,10 @@ mod tests {
         assert_eq!(tree.list("a/b").unwrap(), vec!["c".to_string()]);
         assert!(tree.stat("").unwrap().is_dir);
         tree.rename("a/b/c", "d").unwrap();
-        assert_eq!(std::io::read_to_string(tree.open_file("d").unwrap()).unwrap(), "hi");
+        assert_eq!(
+            std::io::read_to_string(tree.open_file("d").unwrap()).unwrap(),
+            "hi"
+        );
         assert_eq!(tree.rmdir("a").unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
         tree.mkdir("e").unwrap();
         tree.rmdir("e").unwrap();

@@ -40,7 +40,10 @@ pub fn time_from_nanos(nanos: u64) -> SystemTime {
 
 /// Nanoseconds since the epoch now: what a proposer stamps on a command.
 pub fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Maps an io error to the deterministic outcome it stands for, or keeps it as a local fault.
@@ -155,7 +158,10 @@ impl Tree {
 
     /// Moves a complete temp file into place as `name`.
     fn install(&self, temp: &Path, name: &str, mtime: u64) -> Applied {
-        File::options().write(true).open(temp)?.set_modified(time_from_nanos(mtime))?;
+        File::options()
+            .write(true)
+            .open(temp)?
+            .set_modified(time_from_nanos(mtime))?;
         if let Err(e) = self.make_parents(name)? {
             let _ = fs::remove_file(temp);
             return Ok(Err(e));
@@ -277,9 +283,14 @@ impl Tree {
             return Ok(Err(e));
         }
         let mut pieces = match fs::read_dir(&dir) {
-            Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?,
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.path()))
+                .collect::<io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Err(FileError::NotFound(format!("upload {:016x} for {name}", commit.upload))))
+                return Ok(Err(FileError::NotFound(format!(
+                    "upload {:016x} for {name}",
+                    commit.upload
+                ))))
             }
             Err(e) => return Err(e),
         };
@@ -306,14 +317,29 @@ mod tests {
         let tree = Tree::open(dir.path()).unwrap();
         let data = Data(b"x".to_vec());
         assert_eq!(tree.write("a/b", &data, 1, 1).unwrap(), Ok(()));
-        assert_eq!(tree.write("a/b/c", &data, 1, 2).unwrap(), Err(FileError::NotADirectory("a/b/c".into())));
-        assert_eq!(tree.write("a", &data, 1, 3).unwrap(), Err(FileError::IsADirectory("a".into())));
-        assert_eq!(tree.delete("nope").unwrap(), Err(FileError::NotFound("nope".into())));
+        assert_eq!(
+            tree.write("a/b/c", &data, 1, 2).unwrap(),
+            Err(FileError::NotADirectory("a/b/c".into()))
+        );
+        assert_eq!(
+            tree.write("a", &data, 1, 3).unwrap(),
+            Err(FileError::IsADirectory("a".into()))
+        );
+        assert_eq!(
+            tree.delete("nope").unwrap(),
+            Err(FileError::NotFound("nope".into()))
+        );
         assert_eq!(tree.rmdir("a").unwrap(), Err(FileError::NotEmpty("a".into())));
-        assert_eq!(tree.rename("a", "a/x").unwrap(), Err(FileError::Invalid("a/x".into())));
+        assert_eq!(
+            tree.rename("a", "a/x").unwrap(),
+            Err(FileError::Invalid("a/x".into()))
+        );
         assert_eq!(tree.rename("a/b", "c/d").unwrap(), Ok(()));
         assert_eq!(fs::read(tree.root.join("c/d")).unwrap(), b"x");
-        assert!(fs::read_dir(&tree.tmp).unwrap().next().is_none(), "no temp files left");
+        assert!(
+            fs::read_dir(&tree.tmp).unwrap().next().is_none(),
+            "no temp files left"
+        );
     }
 
     #[test]
@@ -330,10 +356,18 @@ mod tests {
             assert!(refused(tree.touch(bad, 1, 1)), "touch {bad:?}");
             assert!(refused(tree.rename("ok", bad)), "rename to {bad:?}");
             assert!(refused(tree.rename(bad, "ok")), "rename from {bad:?}");
-            let commit = Commit { upload: 1, filename: Some(bad.into()), mtime: 0, req: None };
+            let commit = Commit {
+                upload: 1,
+                filename: Some(bad.into()),
+                mtime: 0,
+                req: None,
+            };
             assert!(refused(tree.commit(&commit, 2)), "commit {bad:?}");
         }
-        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let entries: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(entries.len(), 2, "only files/ and sm/ exist: {entries:?}");
     }
 
@@ -342,14 +376,21 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let tree = Tree::open(dir.path()).unwrap();
-        assert_eq!(tree.write("f", &Data(b"x".to_vec()), 1_000_000_000, 1).unwrap(), Ok(()));
+        assert_eq!(
+            tree.write("f", &Data(b"x".to_vec()), 1_000_000_000, 1).unwrap(),
+            Ok(())
+        );
         let linked = dir.path().join("linked");
         let guard = tree.archiving();
         fs::hard_link(tree.root.join("f"), &linked).unwrap();
         assert_eq!(tree.touch("f", 2_000_000_000, 2).unwrap(), Ok(()));
         drop(guard);
         let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
-        assert_eq!((mtime(&linked), mtime(&tree.root.join("f"))), (1, 2), "the snapshot's link keeps its time");
+        assert_eq!(
+            (mtime(&linked), mtime(&tree.root.join("f"))),
+            (1, 2),
+            "the snapshot's link keeps its time"
+        );
         assert_eq!(fs::read(tree.root.join("f")).unwrap(), b"x");
         assert_eq!(tree.touch("f", 3_000_000_000, 3).unwrap(), Ok(()));
         let ino = |p: &Path| fs::metadata(p).unwrap().ino();
@@ -365,8 +406,14 @@ mod tests {
         fs::create_dir(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, tree.root.join("link")).unwrap();
         let data = Data(b"x".to_vec());
-        assert_eq!(tree.write("link/f", &data, 1, 1).unwrap(), Err(FileError::Invalid("link/f".into())));
-        assert_eq!(tree.mkdir("link/d", 1).unwrap(), Err(FileError::Invalid("link/d".into())));
+        assert_eq!(
+            tree.write("link/f", &data, 1, 1).unwrap(),
+            Err(FileError::Invalid("link/f".into()))
+        );
+        assert_eq!(
+            tree.mkdir("link/d", 1).unwrap(),
+            Err(FileError::Invalid("link/d".into()))
+        );
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

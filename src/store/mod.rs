@@ -82,7 +82,9 @@ impl FileStore {
         let mut bytes = Vec::new();
         match io::Read::read_to_end(&mut file, &mut bytes) {
             Ok(_) => Ok(bytes),
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(FileError::IsADirectory(name.to_string()).into()),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                Err(FileError::IsADirectory(name.to_string()).into())
+            }
             Err(e) => Err(not_found(name)(e)),
         }
     }
@@ -112,7 +114,11 @@ impl FileStore {
         };
         let mut out = Vec::new();
         for child in names {
-            let full = if name.is_empty() { child.clone() } else { format!("{name}/{child}") };
+            let full = if name.is_empty() {
+                child.clone()
+            } else {
+                format!("{name}/{child}")
+            };
             match self.stat(&full) {
                 Ok(stat) => out.push((child, stat)),
                 Err(Error::File(FileError::NotFound(_))) => continue, // removed meanwhile

@@ -53,7 +53,11 @@ enum Record {
 }
 
 fn mtime_nanos(meta: &fs::Metadata) -> u64 {
-    meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Mirrors `src` into `dst` with hard links (directories are created, files linked), giving
@@ -96,18 +100,31 @@ fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
     let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let name = entry.file_name().into_string().map_err(|_| io::Error::other("non-UTF-8 name in tree"))?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| io::Error::other("non-UTF-8 name in tree"))?;
         let path = format!("{prefix}/{name}");
         let meta = fs::symlink_metadata(entry.path())?;
         if !meta.is_dir() && !meta.is_file() {
             continue;
         }
         if meta.is_dir() {
-            serde_json::to_writer(&mut *w, &Record::Dir { path: path.clone(), mtime: mtime_nanos(&meta) })?;
+            serde_json::to_writer(
+                &mut *w,
+                &Record::Dir {
+                    path: path.clone(),
+                    mtime: mtime_nanos(&meta),
+                },
+            )?;
             writeln!(w)?;
             write_dir(w, &entry.path(), &path)?;
         } else {
-            let record = Record::File { path, mtime: mtime_nanos(&meta), size: meta.len() };
+            let record = Record::File {
+                path,
+                mtime: mtime_nanos(&meta),
+                size: meta.len(),
+            };
             serde_json::to_writer(&mut *w, &record)?;
             writeln!(w)?;
             let copied = io::copy(&mut File::open(entry.path())?.take(meta.len()), w)?;
@@ -122,7 +139,10 @@ fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
 fn read_line(r: &mut impl BufRead) -> io::Result<String> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 || !line.ends_with('\n') {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot archive is truncated"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "snapshot archive is truncated",
+        ));
     }
     line.pop();
     Ok(line)
@@ -164,7 +184,10 @@ pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
             Record::File { path, mtime, size } => {
                 let mut out = File::create(dest.join(&path))?;
                 if io::copy(&mut (&mut r).take(size), &mut out)? != size {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot archive is truncated"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "snapshot archive is truncated",
+                    ));
                 }
                 out.set_modified(time_from_nanos(mtime))?;
             }
@@ -197,16 +220,22 @@ impl Layout {
             Record::Dir { path, .. } => (path, true),
             Record::File { path, .. } => (path, false),
         };
-        let rest = path.strip_prefix("files/").or_else(|| path.strip_prefix("uploads/"));
+        let rest = path
+            .strip_prefix("files/")
+            .or_else(|| path.strip_prefix("uploads/"));
         if rest.is_none_or(|r| names::check(r).is_err()) {
             return Err(invalid(format!("bad path {path:?} in snapshot")));
         }
         let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
         if !matches!(parent, "files" | "uploads") && self.kinds.get(parent) != Some(&true) {
-            return Err(invalid(format!("{path:?} in snapshot comes before its directory")));
+            return Err(invalid(format!(
+                "{path:?} in snapshot comes before its directory"
+            )));
         }
         match self.kinds.insert(path.clone(), is_dir) {
-            Some(was_dir) if was_dir != is_dir => Err(invalid(format!("{path:?} is both a file and a directory"))),
+            Some(was_dir) if was_dir != is_dir => {
+                Err(invalid(format!("{path:?} is both a file and a directory")))
+            }
             _ => Ok(()),
         }
     }
@@ -240,7 +269,12 @@ pub struct Validator {
 
 impl Default for Validator {
     fn default() -> Self {
-        Validator { expect: Expect::Magic, line: Vec::new(), layout: Layout::default(), seen: 0 }
+        Validator {
+            expect: Expect::Magic,
+            line: Vec::new(),
+            layout: Layout::default(),
+            seen: 0,
+        }
     }
 }
 
@@ -309,7 +343,10 @@ impl Validator {
     pub fn finish(&self) -> io::Result<()> {
         match self.expect {
             Expect::Nothing => Ok(()),
-            _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot archive is truncated")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "snapshot archive is truncated",
+            )),
         }
     }
 }
@@ -326,30 +363,46 @@ mod tests {
         fs::write(src.path().join("files/a/b/c"), [0u8, 1, 2, 255]).unwrap();
         fs::write(src.path().join("files/top"), b"hello\n").unwrap();
         fs::write(src.path().join("uploads/0000000000000001/00000000"), b"part").unwrap();
-        let header = Header { meta: Default::default(), dedup: vec![(7, Ok(()))] };
+        let header = Header {
+            meta: Default::default(),
+            dedup: vec![(7, Ok(()))],
+        };
         let archive = src.path().join("snap");
         write_archive(src.path(), &header, &archive).unwrap();
 
         let dest = tempfile::tempdir().unwrap();
         let back = extract(File::open(&archive).unwrap(), dest.path()).unwrap();
         assert_eq!(back.dedup, header.dedup);
-        assert_eq!(fs::read(dest.path().join("files/a/b/c")).unwrap(), [0u8, 1, 2, 255]);
+        assert_eq!(
+            fs::read(dest.path().join("files/a/b/c")).unwrap(),
+            [0u8, 1, 2, 255]
+        );
         assert_eq!(fs::read(dest.path().join("files/top")).unwrap(), b"hello\n");
-        assert_eq!(fs::read(dest.path().join("uploads/0000000000000001/00000000")).unwrap(), b"part");
+        assert_eq!(
+            fs::read(dest.path().join("uploads/0000000000000001/00000000")).unwrap(),
+            b"part"
+        );
         assert_eq!(read_header(&archive).unwrap().dedup, header.dedup);
     }
 
     #[test]
     fn hostile_paths_are_refused() {
         let dest = tempfile::tempdir().unwrap();
-        let header = serde_json::to_string(&Header { meta: Default::default(), dedup: vec![] }).unwrap();
+        let header = serde_json::to_string(&Header {
+            meta: Default::default(),
+            dedup: vec![],
+        })
+        .unwrap();
         let archive =
             format!("{MAGIC}\n{header}\n{{\"kind\":\"file\",\"path\":\"files/../../evil\",\"mtime\":0,\"size\":1}}\nx");
         let err = extract(archive.as_bytes(), dest.path()).unwrap_err();
         assert!(err.to_string().contains("bad path"), "{err}");
         assert!(!dest.path().parent().unwrap().join("evil").exists());
         let mut v = Validator::default();
-        assert!(v.feed(archive.as_bytes()).is_err(), "the validator refuses it too");
+        assert!(
+            v.feed(archive.as_bytes()).is_err(),
+            "the validator refuses it too"
+        );
     }
 
     fn sample_archive() -> Vec<u8> {
@@ -358,7 +411,10 @@ mod tests {
         fs::create_dir_all(src.path().join("uploads")).unwrap();
         fs::write(src.path().join("files/d/f"), b"contents\nwith newline").unwrap();
         fs::write(src.path().join("files/empty"), b"").unwrap();
-        let header = Header { meta: Default::default(), dedup: vec![(1, Ok(()))] };
+        let header = Header {
+            meta: Default::default(),
+            dedup: vec![(1, Ok(()))],
+        };
         write_archive(src.path(), &header, &src.path().join("a")).unwrap();
         fs::read(src.path().join("a")).unwrap()
     }
@@ -391,7 +447,11 @@ mod tests {
         long.extend_from_slice(b"junk");
         assert!(v.feed(&long).is_err());
         // A file whose directory was never declared, and a path that is both kinds.
-        let header = serde_json::to_string(&Header { meta: Default::default(), dedup: vec![] }).unwrap();
+        let header = serde_json::to_string(&Header {
+            meta: Default::default(),
+            dedup: vec![],
+        })
+        .unwrap();
         for records in [
             "{\"kind\":\"file\",\"path\":\"files/nodir/f\",\"mtime\":0,\"size\":0}\n",
             "{\"kind\":\"file\",\"path\":\"files/x\",\"mtime\":0,\"size\":0}\n{\"kind\":\"dir\",\"path\":\"files/x\",\"mtime\":0}\n",

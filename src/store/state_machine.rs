@@ -63,7 +63,10 @@ impl Dedup {
     }
 
     fn to_vec(&self) -> Vec<(RequestId, CommandResult)> {
-        self.order.iter().filter_map(|id| Some((*id, self.results.get(id)?.clone()))).collect()
+        self.order
+            .iter()
+            .filter_map(|id| Some((*id, self.results.get(id)?.clone())))
+            .collect()
     }
 
     fn from_vec(items: Vec<(RequestId, CommandResult)>) -> Self {
@@ -145,18 +148,40 @@ impl StateMachine {
             None => Dedup::default(),
         };
         info!(applied = ?marker.last_applied.map(|l| l.index), snapshot = ?current.as_ref().map(|c| c.0.snapshot_id.clone()), "state machine opened");
-        let marker_file = File::options().create(true).truncate(false).write(true).open(&marker_path)?;
+        let marker_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&marker_path)?;
         let marker_len = marker_file.metadata()?.len() as usize;
-        let state = State { marker, marker_file, marker_len, dedup, current, receiving: None };
+        let state = State {
+            marker,
+            marker_file,
+            marker_len,
+            dedup,
+            current,
+            receiving: None,
+        };
         let sm_dir = data_dir.join("sm");
-        let shared = Shared { tree, snapshots, sm_dir: sm_dir.clone(), state: Mutex::new(state), changes };
+        let shared = Shared {
+            tree,
+            snapshots,
+            sm_dir: sm_dir.clone(),
+            state: Mutex::new(state),
+            changes,
+        };
         // The flag is consumed now: from here on this run is unclean until `mark_clean`.
         let clean = fs::remove_file(sm_dir.join(CLEAN)).is_ok();
         File::open(&sm_dir)?.sync_all()?;
         if !clean && !fresh {
             shared.recover()?;
         }
-        Ok((StateMachine { shared: Arc::new(shared) }, store))
+        Ok((
+            StateMachine {
+                shared: Arc::new(shared),
+            },
+            store,
+        ))
     }
 
     /// A handle the server uses to record a clean stop, after Raft has stopped applying.
@@ -188,7 +213,11 @@ fn newest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)
             continue;
         }
         match snapshot::read_header(&path) {
-            Ok(h) if current.as_ref().is_none_or(|(m, _)| m.last_log_id < h.meta.last_log_id) => {
+            Ok(h)
+                if current
+                    .as_ref()
+                    .is_none_or(|(m, _)| m.last_log_id < h.meta.last_log_id) =>
+            {
                 if let Some((_, old)) = current.replace((h.meta, path)) {
                     fs::remove_file(old)?;
                 }
@@ -230,7 +259,10 @@ impl Shared {
                     let seen = cmd.req().and_then(|id| state.dedup.results.get(&id).cloned());
                     match seen {
                         Some(first) => {
-                            debug!(index = entry.log_id.index, "duplicate request, answering first result");
+                            debug!(
+                                index = entry.log_id.index,
+                                "duplicate request, answering first result"
+                            );
                             first
                         }
                         None => {
@@ -250,7 +282,9 @@ impl Shared {
                 }
             };
             state.marker.last_applied = Some(entry.log_id);
-            state.save_marker().map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
+            state
+                .save_marker()
+                .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
             results.push(result);
         }
         Ok(results)
@@ -271,9 +305,15 @@ impl Shared {
                 Some(l) => format!("{}-{}-{tag:x}", l.leader_id.term, l.index),
                 None => format!("0-0-{tag:x}"),
             };
-            let meta =
-                SnapshotMeta { last_log_id: last, last_membership: state.marker.membership.clone(), snapshot_id };
-            Header { meta, dedup: state.dedup.to_vec() }
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: state.marker.membership.clone(),
+                snapshot_id,
+            };
+            Header {
+                meta,
+                dedup: state.dedup.to_vec(),
+            }
         };
         let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
         let tmp = path.with_extension("tmp");
@@ -289,13 +329,24 @@ impl Shared {
     /// Makes `path` the current snapshot if it is newer, deleting the one it replaces.
     fn publish(&self, meta: SnapshotMeta, path: PathBuf) -> std::io::Result<()> {
         let mut state = self.lock();
-        let newer = state.current.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id);
-        let obsolete = if newer { state.current.replace((meta, path)).map(|c| c.1) } else { Some(path) };
+        let newer = state
+            .current
+            .as_ref()
+            .is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id);
+        let obsolete = if newer {
+            state.current.replace((meta, path)).map(|c| c.1)
+        } else {
+            Some(path)
+        };
         drop(state);
         match obsolete {
-            Some(old) => {
-                fs::remove_file(old).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-            }
+            Some(old) => fs::remove_file(old).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }),
             None => Ok(()),
         }
     }
@@ -312,7 +363,8 @@ impl Shared {
         use std::os::unix::fs::MetadataExt;
         let target = self.snapshots.join(format!("{}.snap", meta.snapshot_id));
         let handle = file.metadata()?;
-        let same = |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.ino() == handle.ino() && m.dev() == handle.dev());
+        let same =
+            |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.ino() == handle.ino() && m.dev() == handle.dev());
         match received {
             Some(path) if same(&path) => {
                 file.sync_all()?;
@@ -354,7 +406,10 @@ impl Shared {
             fs::rename(restore.join("files"), &self.tree.root)?;
             fs::rename(&self.tree.uploads, trash.join("uploads"))?;
             fs::rename(restore.join("uploads"), &self.tree.uploads)?;
-            state.marker = Marker { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+            state.marker = Marker {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
             state.dedup = Dedup::from_vec(dedup);
             state.save_marker()?;
             state.marker_file.sync_all()?;
@@ -413,14 +468,24 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn open_snapshot(meta: SnapshotMeta, path: &Path) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let file = tokio::fs::File::open(path).await.map_err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
-    Ok(Snapshot { meta, snapshot: Box::new(file) })
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, path) = blocking(move || shared.build(), ErrorSubject::Snapshot(None), ErrorVerb::Write).await?;
+        let (meta, path) = blocking(
+            move || shared.build(),
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Write,
+        )
+        .await?;
         open_snapshot(meta, &path).await
     }
 }
@@ -443,11 +508,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { shared: self.shared.clone() }
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.shared.snapshots.join(format!("incoming-{:016x}", rand::random::<u64>()));
+        let path = self
+            .shared
+            .snapshots
+            .join(format!("incoming-{:016x}", rand::random::<u64>()));
         let file = tokio::fs::File::options()
             .read(true)
             .write(true)

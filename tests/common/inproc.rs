@@ -33,19 +33,44 @@ impl InProc {
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
-        let names: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let mut cluster = InProc { tmp, nodes: Vec::new(), links: Vec::new(), names };
+        let names: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let mut cluster = InProc {
+            tmp,
+            nodes: Vec::new(),
+            links: Vec::new(),
+            names,
+        };
         for (i, listener) in listeners.into_iter().enumerate() {
             let dir = cluster.tmp.path().join(format!("node.{}", i + 1));
             std::fs::create_dir_all(&dir).unwrap();
             let port = listener.local_addr().unwrap().port();
             let mut config = Config::new(dir, "127.0.0.1".into(), port);
             tweak(&mut config);
-            let identity =
-                Identity { id: i as u64 + 1, name: cluster.names[i].clone(), host: "127.0.0.1".into(), port };
-            let start = if i == 0 { Start::Initialize } else { Start::Join(cluster.names[0].clone()) };
+            let identity = Identity {
+                id: i as u64 + 1,
+                name: cluster.names[i].clone(),
+                host: "127.0.0.1".into(),
+                port,
+            };
+            let start = if i == 0 {
+                Start::Initialize
+            } else {
+                Start::Join(cluster.names[0].clone())
+            };
             let links = Links::default();
-            let node = launch(listener, config, identity, start, links.clone(), std::future::pending()).await.unwrap();
+            let node = launch(
+                listener,
+                config,
+                identity,
+                start,
+                links.clone(),
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
             cluster.nodes.push(node);
             cluster.links.push(links);
         }
@@ -54,7 +79,10 @@ impl InProc {
             .node(leader)
             .raft()
             .wait(Some(WAIT))
-            .metrics(|m| m.membership_config.membership().voter_ids().count() == n, "all nodes are voters")
+            .metrics(
+                |m| m.membership_config.membership().voter_ids().count() == n,
+                "all nodes are voters",
+            )
             .await
             .unwrap();
         cluster
@@ -75,7 +103,12 @@ impl InProc {
             .await
             .unwrap();
         let leader = (m.current_leader.unwrap() - 1) as usize;
-        self.node(leader).raft().wait(Some(WAIT)).state(ServerState::Leader, "the leader leads").await.unwrap();
+        self.node(leader)
+            .raft()
+            .wait(Some(WAIT))
+            .state(ServerState::Leader, "the leader leads")
+            .await
+            .unwrap();
         leader
     }
 

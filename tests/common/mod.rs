@@ -34,7 +34,11 @@ pub fn pass_listener(cmd: &mut Command, listener: &TcpListener) {
     // Safety: dup2 and fcntl are async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
             if ok < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -67,10 +71,16 @@ pub fn http_with(
     stream.write_all(body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no header end"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
     let header = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status =
-        header.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("bad status"))?;
+    let status = header
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status"))?;
     Ok((status, raw[split + 4..].to_vec()))
 }
 
@@ -78,7 +88,17 @@ pub fn http_with(
 /// (status, body), status 0 when no HTTP answer came (refused handshake, no connection).
 pub fn https(addr: &str, tls: &[String], method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut child = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-X", method, "--data-binary", "@-", "-o", "-"])
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-X",
+            method,
+            "--data-binary",
+            "@-",
+            "-o",
+            "-",
+        ])
         .args(["-w", "%{stderr}\n%{http_code}"])
         .args(tls)
         .arg(format!("https://{addr}{path}"))
@@ -90,7 +110,11 @@ pub fn https(addr: &str, tls: &[String], method: &str, path: &str, body: &[u8]) 
     child.stdin.take().unwrap().write_all(body).unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    let code = err.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let code = err
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
     (code, out.stdout)
 }
 
@@ -155,7 +179,9 @@ impl Node {
 
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Sends a signal to the process.
@@ -182,10 +208,21 @@ impl Node {
     /// port already bound (bound again on a restart).
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).unwrap();
-        let listener = self.listener.take().unwrap_or_else(|| TcpListener::bind(&self.name).expect("rebind the port"));
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .unwrap();
+        let listener = self
+            .listener
+            .take()
+            .unwrap_or_else(|| TcpListener::bind(&self.name).expect("rebind the port"));
         let mut cmd = Command::new(bin());
-        cmd.arg(&self.dir).args(&self.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+        cmd.arg(&self.dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
         pass_listener(&mut cmd, &listener);
         self.child = Some(cmd.spawn().expect("spawn raftd"));
     }
@@ -224,8 +261,15 @@ impl Drop for Cluster {
 impl Cluster {
     /// No nodes yet; holds this test binary's turn until dropped.
     pub fn empty() -> Cluster {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Cluster { tmp: tempfile::tempdir().unwrap(), nodes: Vec::new(), tls: None, _turn: turn }
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Cluster {
+            tmp: tempfile::tempdir().unwrap(),
+            nodes: Vec::new(),
+            tls: None,
+            _turn: turn,
+        }
     }
 
     /// Starts `n` nodes: the first initializes, the rest join it; waits until all are voters.
@@ -239,7 +283,11 @@ impl Cluster {
     }
 
     /// Like `start_with`, talking to the nodes over HTTPS with curl's `tls` arguments if given.
-    pub fn start_full(n: usize, tls: Option<Vec<String>>, args: impl Fn(usize, &Path) -> Vec<String>) -> Cluster {
+    pub fn start_full(
+        n: usize,
+        tls: Option<Vec<String>>,
+        args: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
         let mut cluster = Cluster::empty();
         cluster.tls = tls;
         for i in 0..n {
@@ -260,7 +308,12 @@ impl Cluster {
         let i = self.nodes.len();
         let listener = listener();
         let port = listener.local_addr().unwrap().port();
-        let mut args = vec!["--host".to_string(), "127.0.0.1".into(), "--port".into(), port.to_string()];
+        let mut args = vec![
+            "--host".to_string(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
         if let Some(j) = join {
             args.extend(["--join".to_string(), j.to_string()]);
         }
@@ -269,7 +322,15 @@ impl Cluster {
         let stderr = self.tmp.path().join(format!("node.{}.log", i + 1));
         let name = format!("127.0.0.1:{port}");
         let tls = self.tls.clone();
-        let mut node = Node { name, dir, args, child: None, stderr, tls, listener: Some(listener) };
+        let mut node = Node {
+            name,
+            dir,
+            args,
+            child: None,
+            stderr,
+            tls,
+            listener: Some(listener),
+        };
         node.spawn();
         self.nodes.push(node);
         i
@@ -277,7 +338,9 @@ impl Cluster {
 
     /// Waits until every running node agrees on one leader; returns its position.
     pub fn wait_leader(&mut self) -> usize {
-        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
         let nodes = &self.nodes;
         wait_for(Duration::from_secs(20), "an agreed leader", || {
             let mut leader = None;
@@ -305,16 +368,22 @@ impl Cluster {
 
     /// Positions of running nodes other than `leader`.
     pub fn followers(&self, leader: usize) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| i != leader && self.nodes[i].child.is_some()).collect()
+        (0..self.nodes.len())
+            .filter(|&i| i != leader && self.nodes[i].child.is_some())
+            .collect()
     }
 
     /// Waits until node `i`'s local files (stale read) show `path` = `want`.
     pub fn wait_replicated(&self, i: usize, path: &str, want: &[u8]) {
         let node = &self.nodes[i];
-        wait_for(Duration::from_secs(20), &format!("{path} on {}", node.name), || {
-            let (code, body) = node.get(&format!("/files/{path}?consistency=stale"));
-            (code == 200 && body == want).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{path} on {}", node.name),
+            || {
+                let (code, body) = node.get(&format!("/files/{path}?consistency=stale"));
+                (code == 200 && body == want).then_some(())
+            },
+        );
     }
 }
 

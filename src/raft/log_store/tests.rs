@@ -38,11 +38,18 @@ fn entry(term: u64, index: u64) -> Entry {
 }
 
 async fn append(store: &mut LogStore, range: std::ops::Range<u64>, term: u64) {
-    store.blocking_append(range.map(|i| entry(term, i))).await.expect("append");
+    store
+        .blocking_append(range.map(|i| entry(term, i)))
+        .await
+        .expect("append");
 }
 
 fn lines(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join(LOG_FILE)).unwrap().lines().map(str::to_string).collect()
+    std::fs::read_to_string(dir.join(LOG_FILE))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -57,15 +64,26 @@ async fn log_survives_reopen_with_truncate_and_purge() {
     }
     let text = lines(dir.path());
     assert_eq!(text.len(), 5, "entries 4..=8 remain: {text:?}");
-    assert!(text[0].contains(" 0000000000000004 0000000000000001 file:write "), "{}", text[0]);
-    assert!(text[4].contains(" 0000000000000008 0000000000000002 "), "{}", text[4]);
+    assert!(
+        text[0].contains(" 0000000000000004 0000000000000001 file:write "),
+        "{}",
+        text[0]
+    );
+    assert!(
+        text[4].contains(" 0000000000000008 0000000000000002 "),
+        "{}",
+        text[4]
+    );
 
     let mut store = LogStore::open(dir.path()).unwrap();
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
     assert_eq!(state.last_log_id, Some(log_id(2, 8)));
     let got = store.try_get_log_entries(0..100).await.unwrap();
-    assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+    assert_eq!(
+        got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7, 8]
+    );
     assert_eq!(got[3], entry(2, 7));
 }
 
@@ -85,7 +103,11 @@ async fn reads_are_capped_in_bytes_but_never_empty() {
     store.blocking_append((0..4).map(big)).await.unwrap();
     let mut reader = store.reader();
     let got = reader.limited_get_log_entries(0, 4).await.unwrap();
-    assert_eq!(got.len(), 1, "two half-budget entries plus line overhead exceed the budget");
+    assert_eq!(
+        got.len(),
+        1,
+        "two half-budget entries plus line overhead exceed the budget"
+    );
     assert_eq!(reader.try_get_log_entries(0..4).await.unwrap().len(), 4);
 }
 
@@ -93,14 +115,28 @@ async fn reads_are_capped_in_bytes_but_never_empty() {
 async fn torn_last_line_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     append(&mut LogStore::open(dir.path()).unwrap(), 0..3, 1).await;
-    let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join(LOG_FILE)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(LOG_FILE))
+        .unwrap();
     f.write_all(b"0badc0de 0000000000000003 00000000000").unwrap();
     drop(f);
     let mut store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 2)));
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(1, 2))
+    );
     assert_eq!(lines(dir.path()).len(), 3, "torn bytes are cut from the file");
     append(&mut store, 3..4, 1).await;
-    assert_eq!(LogStore::open(dir.path()).unwrap().get_log_state().await.unwrap().last_log_id, Some(log_id(1, 3)));
+    assert_eq!(
+        LogStore::open(dir.path())
+            .unwrap()
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_log_id,
+        Some(log_id(1, 3))
+    );
 }
 
 #[tokio::test]
@@ -108,10 +144,18 @@ async fn damage_before_the_end_refuses_to_load() {
     let dir = tempfile::tempdir().unwrap();
     append(&mut LogStore::open(dir.path()).unwrap(), 0..5, 1).await;
     let path = dir.path().join(LOG_FILE);
-    let text = std::fs::read_to_string(&path).unwrap().replacen("\"v2\"", "\"v9\"", 1);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("\"v2\"", "\"v9\"", 1);
     std::fs::write(&path, text).unwrap();
-    let err = LogStore::open(dir.path()).err().expect("corruption must be refused").to_string();
-    assert!(err.contains(&format!("{}:3", path.display())), "names file and line: {err}");
+    let err = LogStore::open(dir.path())
+        .err()
+        .expect("corruption must be refused")
+        .to_string();
+    assert!(
+        err.contains(&format!("{}:3", path.display())),
+        "names file and line: {err}"
+    );
     assert!(err.contains("index 2"), "names the index: {err}");
     assert!(err.contains("checksum"), "{err}");
 }
@@ -123,13 +167,26 @@ async fn retried_commands_are_answered_not_reapplied() {
     let (mut sm, _) = StateMachine::open(dir.path()).unwrap();
     let delete = |index, req| Entry {
         log_id: log_id(1, index),
-        payload: EntryPayload::Normal(Command::Delete(Delete { filename: "f0".into(), req: Some(req) })),
+        payload: EntryPayload::Normal(Command::Delete(Delete {
+            filename: "f0".into(),
+            req: Some(req),
+        })),
     };
     // f0 exists; the delete is proposed, then retried with the same id after an unclear outcome.
-    let results = sm.apply([entry(1, 0), delete(1, 42), delete(2, 42), delete(3, 43)]).await.unwrap();
+    let results = sm
+        .apply([entry(1, 0), delete(1, 42), delete(2, 42), delete(3, 43)])
+        .await
+        .unwrap();
     assert_eq!(results[1], Ok(()));
-    assert_eq!(results[2], Ok(()), "the retry gets the first answer, not NotFound");
-    assert!(matches!(results[3], Err(crate::error::FileError::NotFound(_))), "a new request is applied");
+    assert_eq!(
+        results[2],
+        Ok(()),
+        "the retry gets the first answer, not NotFound"
+    );
+    assert!(
+        matches!(results[3], Err(crate::error::FileError::NotFound(_))),
+        "a new request is applied"
+    );
 }
 
 #[tokio::test]
