@@ -315,13 +315,15 @@ async fn join(client: &HttpClient, seed: &str, identity: &Identity) -> Result<()
                 info!(seed, "joined the cluster");
                 return Ok(());
             }
-            Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => return Err(Error::Peer {
-                peer: seed.into(),
-                message: format!(
+            Ok(resp) if resp.status == hyper::StatusCode::UNAUTHORIZED => {
+                return Err(Error::Peer {
+                    peer: seed.into(),
+                    message: format!(
                     "refused the join: {} — start this node with the cluster's token (--cluster-token-file)",
                     resp.text()
                 ),
-            }),
+                })
+            }
             Ok(resp) if resp.status.is_client_error() => {
                 return Err(Error::Peer {
                     peer: seed.into(),

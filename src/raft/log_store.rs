@@ -17,8 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -28,11 +27,11 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, Vote};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::log_format::{self, DecodeError, Header};
+use super::log_format::{self};
 use super::{storage_io, Entry, LogId, NodeId, StorageError, TypeConfig};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::fsutil;
 
 /// Largest batch of entry bytes one read returns to a replication stream. openraft gives every
@@ -351,149 +350,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Rewrites the file to hold only entries from `keep_from` on: copy them to a temp file, fsync,
-/// rename over the log, fsync the directory, then switch handles.
-fn rewrite_from(log: &mut LogFile, keep_from: u64) -> std::io::Result<()> {
-    let keep_from = keep_from.max(log.first_index);
-    let base = log.offset_of(keep_from.min(log.next_index()));
-    let tail = if keep_from < log.next_index() {
-        log.read_lines(keep_from, u64::MAX, u64::MAX)?
-    } else {
-        Vec::new()
-    };
-    let tmp = log.path.with_extension("tmp");
-    std::fs::write(&tmp, &tail)?;
-    File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &log.path)?;
-    fsutil::sync_parent(&log.path)?;
-    log.file = Arc::new(open_rw(&log.path)?);
-    let drop_count = (keep_from - log.first_index).min(log.entries.len() as u64) as usize;
-    log.entries.drain(..drop_count);
-    for entry in log.entries.iter_mut() {
-        entry.0 -= base;
-    }
-    log.first_index = keep_from;
-    log.end -= base;
-    Ok(())
-}
-
-fn open_rw(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-}
-
-/// Reads and verifies the whole log file.
-fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
-    let file = open_rw(path).context(|| format!("open {}", path.display()))?;
-    let mut reader = BufReader::new(file.try_clone().context(|| format!("open {}", path.display()))?);
-    let first_index = last_purged.map(|p| p.index + 1).unwrap_or(0);
-    let mut log = LogFile {
-        path: path.to_path_buf(),
-        file: Arc::new(file),
-        first_index,
-        entries: VecDeque::new(),
-        end: 0,
-        last_purged,
-    };
-    let (mut offset, mut line_no, mut line) = (0u64, 0usize, Vec::new());
-    let mut expected: Option<u64> = None;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let at_end = reader.fill_buf().map(|b| b.is_empty()).unwrap_or(false);
-        let header = match log_format::decode_header(&line) {
-            Ok(h) => h,
-            Err(e) if at_end => {
-                warn!(path = %path.display(), line = line_no, cause = %e, "dropping torn last log line");
-                log.file
-                    .set_len(offset)
-                    .context(|| format!("truncate {}", path.display()))?;
-                log.file
-                    .sync_data()
-                    .context(|| format!("fsync {}", path.display()))?;
-                break;
-            }
-            Err(e) => {
-                let hint = expected
-                    .map(|e| format!(" (entry at index {e})"))
-                    .unwrap_or_default();
-                return Err(corrupt(path, line_no, format!("{e}{hint}")));
-            }
-        };
-        check_entry(path, line_no, &line, header, expected)?;
-        expected = Some(header.index + 1);
-        if header.index >= first_index {
-            if log.entries.is_empty() {
-                log.first_index = header.index;
-            }
-            log.entries.push_back((offset, header.term));
-        }
-        offset += n as u64;
-    }
-    log.end = offset;
-    check_purge_point(&log, path)?;
-    Ok(log)
-}
-
-/// A line whose checksum verified must also continue the index sequence and decode.
-fn check_entry(
-    path: &Path,
-    line_no: usize,
-    line: &[u8],
-    header: Header,
-    expected: Option<u64>,
-) -> Result<()> {
-    if let Some(want) = expected {
-        if header.index != want {
-            return Err(corrupt(
-                path,
-                line_no,
-                format!("index {} follows index {}", header.index, want - 1),
-            ));
-        }
-    }
-    if let Err(e @ DecodeError::Malformed(_)) = log_format::decode(line).map(|_| ()) {
-        return Err(corrupt(
-            path,
-            line_no,
-            format!("{e} (entry at index {})", header.index),
-        ));
-    }
-    Ok(())
-}
-
-/// The first entry kept must follow the purge point exactly.
-fn check_purge_point(log: &LogFile, path: &Path) -> Result<()> {
-    if let (Some(p), Some(_)) = (log.last_purged, log.entries.front()) {
-        if log.first_index != p.index + 1 {
-            let reason = format!(
-                "first entry is index {} but entries up to {} were purged",
-                log.first_index, p.index
-            );
-            return Err(corrupt(path, 1, reason));
-        }
-    }
-    Ok(())
-}
-
-fn corrupt(path: &Path, line: usize, reason: String) -> Error {
-    Error::CorruptLog {
-        path: path.to_path_buf(),
-        line,
-        reason,
-    }
-}
-
 /// Group commit: one fdatasync covers every append queued while the previous one ran.
 fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
@@ -511,5 +367,7 @@ fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<LogFlushed<TypeConf
     }
 }
 
+mod load;
+use load::{load, rewrite_from};
 #[cfg(test)]
 mod tests;

@@ -21,10 +21,10 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::files::Tree;
-use super::snapshot::{self, Header};
+use super::snapshot;
 use super::{Change, FileStore, CHANGE_FEED_CAPACITY};
 use crate::error::CommandResult;
 use crate::raft::command::RequestId;
@@ -42,6 +42,8 @@ struct Marker {
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
+
+mod snapshots;
 
 /// Recent request ids and their results, oldest evicted first.
 #[derive(Default)]
@@ -135,7 +137,7 @@ impl StateMachine {
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         let store = FileStore::new(tree.clone(), changes.clone());
         let snapshots = data_dir.join("snapshots");
-        let current = newest_snapshot(&snapshots)?;
+        let current = snapshots::newest_snapshot(&snapshots)?;
         let marker_path = data_dir.join("sm").join("applied");
         let fresh = !marker_path.exists() && current.is_none();
         let marker: Marker = match fs::read(&marker_path) {
@@ -201,45 +203,6 @@ impl ShutdownHandle {
     }
 }
 
-/// The newest readable snapshot in `dir`, removing older ones, unreadable ones and whatever a
-/// build or a transfer cut short left behind.
-fn newest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
-    fs::create_dir_all(dir)?;
-    let mut current: Option<(SnapshotMeta, PathBuf)> = None;
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "snap") {
-            remove_any(&path)?;
-            continue;
-        }
-        match snapshot::read_header(&path) {
-            Ok(h)
-                if current
-                    .as_ref()
-                    .is_none_or(|(m, _)| m.last_log_id < h.meta.last_log_id) =>
-            {
-                if let Some((_, old)) = current.replace((h.meta, path)) {
-                    fs::remove_file(old)?;
-                }
-            }
-            Ok(_) => fs::remove_file(&path)?,
-            Err(e) => {
-                warn!(path = %path.display(), cause = %e, "removing unreadable snapshot");
-                fs::remove_file(&path)?;
-            }
-        }
-    }
-    Ok(current)
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    if path.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("state machine lock poisoned")
@@ -288,160 +251,6 @@ impl Shared {
             results.push(result);
         }
         Ok(results)
-    }
-
-    fn build(&self) -> std::io::Result<(SnapshotMeta, PathBuf)> {
-        let tag: u64 = rand::random();
-        let staging = self.snapshots.join(format!("build-{tag:016x}"));
-        // Taken under the lock, before linking, held until the archive is written.
-        let archiving;
-        let header = {
-            let state = self.lock();
-            archiving = self.tree.archiving();
-            snapshot::link_tree(&self.tree.root, &staging.join("files"))?;
-            snapshot::link_tree(&self.tree.uploads, &staging.join("uploads"))?;
-            let last = state.marker.last_applied;
-            let snapshot_id = match last {
-                Some(l) => format!("{}-{}-{tag:x}", l.leader_id.term, l.index),
-                None => format!("0-0-{tag:x}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: state.marker.membership.clone(),
-                snapshot_id,
-            };
-            Header {
-                meta,
-                dedup: state.dedup.to_vec(),
-            }
-        };
-        let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
-        let tmp = path.with_extension("tmp");
-        let written = snapshot::write_archive(&staging, &header, &tmp).and_then(|()| fs::rename(&tmp, &path));
-        drop(archiving);
-        fs::remove_dir_all(&staging)?;
-        written?;
-        info!(id = %header.meta.snapshot_id, "snapshot built");
-        self.publish(header.meta.clone(), path.clone())?;
-        Ok((header.meta, path))
-    }
-
-    /// Makes `path` the current snapshot if it is newer, deleting the one it replaces.
-    fn publish(&self, meta: SnapshotMeta, path: PathBuf) -> std::io::Result<()> {
-        let mut state = self.lock();
-        let newer = state
-            .current
-            .as_ref()
-            .is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id);
-        let obsolete = if newer {
-            state.current.replace((meta, path)).map(|c| c.1)
-        } else {
-            Some(path)
-        };
-        drop(state);
-        match obsolete {
-            Some(old) => fs::remove_file(old).or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Keeps the received snapshot as `<id>.snap`: renamed if it is the file openraft
-    /// streamed into, else copied from the handle it was given.
-    fn keep_received(
-        &self,
-        meta: &SnapshotMeta,
-        mut file: File,
-        received: Option<PathBuf>,
-    ) -> std::io::Result<PathBuf> {
-        use std::io::{Seek, SeekFrom};
-        use std::os::unix::fs::MetadataExt;
-        let target = self.snapshots.join(format!("{}.snap", meta.snapshot_id));
-        let handle = file.metadata()?;
-        let same =
-            |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.ino() == handle.ino() && m.dev() == handle.dev());
-        match received {
-            Some(path) if same(&path) => {
-                file.sync_all()?;
-                fs::rename(&path, &target)?;
-            }
-            other => {
-                let tmp = target.with_extension("tmp");
-                file.seek(SeekFrom::Start(0))?;
-                let mut out = File::create(&tmp)?;
-                std::io::copy(&mut file, &mut out)?;
-                out.sync_all()?;
-                fs::rename(&tmp, &target)?;
-                if let Some(path) = other {
-                    let _ = fs::remove_file(path);
-                }
-            }
-        }
-        Ok(target)
-    }
-
-    /// Replaces the tree and staged uploads with an archive's contents (or with nothing) and
-    /// points the applied marker at what that covers.
-    fn reset_to(&self, meta: &SnapshotMeta, archive: Option<&Path>) -> std::io::Result<()> {
-        let tag: u64 = rand::random();
-        let restore = self.snapshots.join(format!("restore-{tag:016x}"));
-        let trash = self.snapshots.join(format!("trash-{tag:016x}"));
-        let dedup = match archive {
-            Some(archive) => snapshot::extract(File::open(archive)?, &restore)?.dedup,
-            None => {
-                fs::create_dir_all(restore.join("files"))?;
-                fs::create_dir_all(restore.join("uploads"))?;
-                Vec::new()
-            }
-        };
-        fs::create_dir_all(&trash)?;
-        {
-            let mut state = self.lock();
-            fs::rename(&self.tree.root, trash.join("files"))?;
-            fs::rename(restore.join("files"), &self.tree.root)?;
-            fs::rename(&self.tree.uploads, trash.join("uploads"))?;
-            fs::rename(restore.join("uploads"), &self.tree.uploads)?;
-            state.marker = Marker {
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-            };
-            state.dedup = Dedup::from_vec(dedup);
-            state.save_marker()?;
-            state.marker_file.sync_all()?;
-        }
-        fs::remove_dir_all(&trash)?;
-        fs::remove_dir_all(&restore)?;
-        let _ = self.changes.send(Change::Reset);
-        Ok(())
-    }
-
-    fn install(&self, meta: &SnapshotMeta, archive: PathBuf) -> std::io::Result<()> {
-        self.reset_to(meta, Some(&archive))?;
-        self.publish(meta.clone(), archive)?;
-        info!(id = %meta.snapshot_id, "snapshot installed");
-        Ok(())
-    }
-
-    /// After a run that did not stop cleanly, the files may not match the applied marker
-    /// (after a power failure, unsynced writes are lost in any order). Start over from the
-    /// newest snapshot — or from nothing — and let openraft re-apply the log after it.
-    fn recover(&self) -> std::io::Result<()> {
-        let current = self.lock().current.clone();
-        match current {
-            Some((meta, path)) => {
-                warn!(snapshot = %meta.snapshot_id, "previous run did not stop cleanly: rebuilding files from the snapshot and the log");
-                self.reset_to(&meta, Some(&path))
-            }
-            None => {
-                warn!("previous run did not stop cleanly: rebuilding files from the log");
-                self.reset_to(&SnapshotMeta::default(), None)
-            }
-        }
     }
 
     /// Makes everything applied durable, then records that this run stopped cleanly.
