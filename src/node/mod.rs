@@ -219,25 +219,33 @@ impl Node {
                 }))
                 .await;
         }
+        self.write_chunked(name, mtime, next).await
+    }
+
+    /// `file:chunk`s staging the pieces under a fresh upload id, then a `file:commit`; if any
+    /// of it fails, a commit without a name drops what was staged.
+    async fn write_chunked(
+        &self,
+        name: &str,
+        mtime: u64,
+        mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
+    ) -> Result<()> {
         let upload: u64 = rand::random();
         let staged = async {
             let mut seq = 0;
             while let Some(piece) = next()? {
-                self.propose(Command::Chunk(Chunk {
-                    upload,
-                    seq,
-                    data: Data(piece),
-                }))
-                .await?;
+                let data = Data(piece);
+                self.propose(Command::Chunk(Chunk { upload, seq, data })).await?;
                 seq += 1;
             }
-            let commit = Commit {
+            let filename = Some(name.into());
+            self.propose(Command::Commit(Commit {
                 upload,
-                filename: Some(name.into()),
+                filename,
                 mtime,
                 req: None,
-            };
-            self.propose(Command::Commit(commit)).await
+            }))
+            .await
         };
         let result = staged.await;
         if result.is_err() {

@@ -45,6 +45,17 @@ struct Marker {
 
 mod snapshots;
 
+impl Marker {
+    /// The marker saved at `path`, or the empty one for a new state machine.
+    fn read(path: &Path) -> std::io::Result<Marker> {
+        match fs::read(path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Marker::default()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Recent request ids and their results, oldest evicted first.
 #[derive(Default)]
 struct Dedup {
@@ -140,11 +151,7 @@ impl StateMachine {
         let current = snapshots::newest_snapshot(&snapshots)?;
         let marker_path = data_dir.join("sm").join("applied");
         let fresh = !marker_path.exists() && current.is_none();
-        let marker: Marker = match fs::read(&marker_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Marker::default(),
-            Err(e) => return Err(e),
-        };
+        let marker = Marker::read(&marker_path)?;
         let dedup = match &current {
             Some((_, path)) => Dedup::from_vec(snapshot::read_header(path)?.dedup),
             None => Dedup::default(),

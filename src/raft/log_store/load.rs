@@ -20,14 +20,7 @@ pub(super) fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
     let file = open_rw(path).context(|| format!("open {}", path.display()))?;
     let mut reader = BufReader::new(file.try_clone().context(|| format!("open {}", path.display()))?);
     let first_index = last_purged.map(|p| p.index + 1).unwrap_or(0);
-    let mut log = LogFile {
-        path: path.to_path_buf(),
-        file: Arc::new(file),
-        first_index,
-        entries: VecDeque::new(),
-        end: 0,
-        last_purged,
-    };
+    let mut log = LogFile::empty(path, file, last_purged);
     let (mut offset, mut line_no, mut line) = (0u64, 0usize, Vec::new());
     let mut expected: Option<u64> = None;
     loop {
@@ -72,6 +65,20 @@ pub(super) fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
     log.end = offset;
     check_purge_point(&log, path)?;
     Ok(log)
+}
+
+impl LogFile {
+    /// An open log file with no entries yet, continuing after `last_purged`.
+    fn empty(path: &Path, file: File, last_purged: Option<LogId>) -> LogFile {
+        LogFile {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            first_index: last_purged.map(|p| p.index + 1).unwrap_or(0),
+            entries: VecDeque::new(),
+            end: 0,
+            last_purged,
+        }
+    }
 }
 
 /// A line whose checksum verified must also continue the index sequence and decode.
