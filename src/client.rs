@@ -226,9 +226,7 @@ impl HttpClient {
         value: &T,
         timeout: Duration,
     ) -> Result<Response, SendError> {
-        let body =
-            serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
-        self.send(Method::POST, addr, path, body, timeout).await
+        self.post(addr, path, value, timeout, None).await
     }
 
     /// POSTs `value` as JSON to a peer that should give up when the caller does: the request
@@ -240,9 +238,20 @@ impl HttpClient {
         value: &T,
         timeout: Duration,
     ) -> Result<Response, SendError> {
+        self.post(addr, path, value, timeout, Some(timeout)).await
+    }
+
+    async fn post<T: Serialize + ?Sized>(
+        &self,
+        addr: &str,
+        path: &str,
+        value: &T,
+        timeout: Duration,
+        deadline_header: Option<Duration>,
+    ) -> Result<Response, SendError> {
         let body =
             serde_json::to_vec(value).map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
-        self.send_with(Method::POST, addr, path, body, timeout, Some(timeout))
+        self.send_with(Method::POST, addr, path, body, timeout, deadline_header)
             .await
     }
 }
