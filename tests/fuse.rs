@@ -299,10 +299,15 @@ fn close_fails_without_quorum_and_mounts_recover() {
     let leader = c.wait_leader();
     let [a, b] = c.followers(leader)[..] else { panic!() };
     ok(&format!("echo before > {}/f", m[a].display()));
+    // A file held open across the outage, with written data not yet committed.
+    let mut held = std::fs::File::create(m[a].join("sticky")).unwrap();
+    std::io::Write::write_all(&mut held, b"must not be lost").unwrap();
 
     // Quorum lost: the write is refused at close, visibly, in bounded time.
     c.nodes[leader].kill();
     c.nodes[b].kill();
+    let fsync = held.sync_all().unwrap_err();
+    assert_eq!(fsync.raw_os_error(), Some(libc::EIO), "{fsync}");
     let started = Instant::now();
     let (success, _, err) = sh(&format!("echo lost > {}/f", m[a].display()));
     assert!(!success, "close must fail without a quorum");
@@ -322,6 +327,20 @@ fn close_fails_without_quorum_and_mounts_recover() {
         (std::fs::read_to_string(m[b].join("f")).ok()? == "before\n").then_some(())
     });
     assert!(c.nodes[b].logs().contains("detaching a stale mount"));
+
+    // The failed fsync's error sticks to the data: the next fsync commits it for real, rather
+    // than reporting success for data that never reached a quorum.
+    c.wait_leader();
+    held.sync_all().unwrap();
+    for n in &c.nodes {
+        assert_eq!(
+            n.get("/files/sticky"),
+            (200, b"must not be lost".to_vec()),
+            "{}",
+            n.name
+        );
+    }
+    drop(held);
     c.wait_leader();
     ok(&format!("echo after > {}/f", m[a].display()));
     assert_eq!(ok(&format!("cat {}/f", m[leader].display())), "after\n");

@@ -23,10 +23,22 @@ pub(crate) struct Writer {
     pub ino: u64,
     buffer: File,
     buffer_path: PathBuf,
-    /// Changed since the last commit.
+    /// Changed since the last successful commit. A failed commit leaves it set, so the next
+    /// fsync or close tries again instead of reporting success for data that never
+    /// committed (the "fsyncgate" mistake).
     dirty: bool,
+    /// Counts changes, so a commit that succeeds marks the handle clean only if nothing was
+    /// written while it was in flight.
+    version: u64,
     /// A time set (utimes) while contents were pending; committed with them.
     mtime: Option<u64>,
+}
+
+impl Writer {
+    fn changed(&mut self) {
+        self.dirty = true;
+        self.version += 1;
+    }
 }
 
 impl Drop for Writer {
@@ -43,6 +55,8 @@ pub(crate) struct Pending {
     pub contents: File,
     /// A time set while the contents were pending.
     pub mtime: Option<u64>,
+    /// The writer's version these contents are.
+    pub version: u64,
 }
 
 impl Handle {
@@ -66,7 +80,7 @@ impl Handle {
                 w.buffer
                     .write_all_at(data, offset)
                     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                w.dirty = true;
+                w.changed();
                 Ok(())
             }
             Handle::Read(_) => Err(libc::EBADF),
@@ -80,7 +94,7 @@ impl Handle {
                 w.buffer
                     .set_len(size)
                     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                w.dirty = true;
+                w.changed();
                 Ok(())
             }
             Handle::Read(_) => Err(libc::EBADF),
@@ -92,25 +106,34 @@ impl Handle {
         match self {
             Handle::Write(w) if w.dirty => {
                 w.mtime = Some(when);
+                w.version += 1;
                 true
             }
             _ => false,
         }
     }
 
-    /// Takes what must be committed, marking the handle clean; `None` if nothing is pending.
+    /// What must be committed; `None` if nothing is pending. The handle stays dirty until
+    /// [`committed`](Self::committed) says the commit succeeded.
     pub(crate) fn take_pending(&mut self) -> io::Result<Option<Pending>> {
         match self {
-            Handle::Write(w) if w.dirty => {
-                let contents = w.buffer.try_clone()?;
-                w.dirty = false;
-                Ok(Some(Pending {
-                    ino: w.ino,
-                    contents,
-                    mtime: w.mtime.take(),
-                }))
-            }
+            Handle::Write(w) if w.dirty => Ok(Some(Pending {
+                ino: w.ino,
+                contents: w.buffer.try_clone()?,
+                mtime: w.mtime,
+                version: w.version,
+            })),
             _ => Ok(None),
+        }
+    }
+
+    /// Marks the handle clean after `version` committed, unless it changed meanwhile.
+    pub(crate) fn committed(&mut self, version: u64) {
+        if let Handle::Write(w) = self {
+            if w.version == version {
+                w.dirty = false;
+                w.mtime = None;
+            }
         }
     }
 }
@@ -198,6 +221,7 @@ impl Handles {
             buffer,
             buffer_path,
             dirty: truncate,
+            version: 0,
             mtime: None,
         }))
     }
@@ -228,6 +252,11 @@ mod tests {
         assert_eq!(handles.buffered_size(7), Some(12));
         assert!(locked(&h).set_pending_mtime(5));
         let pending = locked(&h).take_pending().unwrap().expect("dirty");
+        assert!(
+            locked(&h).take_pending().unwrap().is_some(),
+            "still pending until committed"
+        );
+        locked(&h).committed(pending.version);
         assert_eq!((pending.ino, pending.mtime), (7, Some(5)));
         let mut buf = vec![0; 12];
         pending.contents.read_exact_at(&mut buf, 0).unwrap();

@@ -173,7 +173,9 @@ impl Shared {
         debug!(path, "commit");
         self.node
             .write_file_from(&path, &pending.contents, pending.mtime)
-            .await
+            .await?;
+        locked(handle).committed(pending.version);
+        Ok(())
     }
 }
 
