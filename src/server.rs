@@ -13,7 +13,7 @@ use std::time::Duration;
 use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::client::{HttpClient, Links};
 use crate::config::Config;
@@ -97,8 +97,10 @@ pub async fn serve(
 ) -> Result<()> {
     let mut node = launch(listener, config, identity, start, Links::default(), shutdown).await?;
     let served = node.served().await;
-    node.stop().await;
-    served
+    match node.stop().await {
+        Some(fatal) => Err(Error::Raft(format!("stopped after a fatal error: {fatal}"))),
+        None => served,
+    }
 }
 
 /// Starts a node on an already-bound listener — the start-up steps in order — and returns
@@ -211,6 +213,7 @@ fn start_http(
         tokio::select! {
             () = shutdown => {}
             () = node.removed() => {}
+            cause = node.failed() => error!(%cause, "the Raft core stopped on a fatal error; shutting down"),
         }
     };
     let listener = Listener::new(listener, tls).context(|| "start listening".into())?;
@@ -265,21 +268,28 @@ impl RunningNode {
         }
     }
 
-    /// Stops HTTP (if still running), unmounts, stops Raft, and records a clean stop.
-    pub async fn stop(mut self) {
+    /// Stops HTTP (if still running), unmounts, stops Raft, and records a clean stop — only
+    /// if Raft was healthy: after a fatal error the applied files may be half-done, so the
+    /// next start must rebuild them. Returns that fatal error, if there was one.
+    pub async fn stop(mut self) -> Option<String> {
         if let Some(http) = self.http.take() {
             http.abort();
         }
         drop(self.mount.take());
+        let fatal = self.node.fatal_error();
         info!("stopping raft");
-        match self.raft.shutdown().await {
-            Ok(()) => {
+        match (self.raft.shutdown().await, &fatal) {
+            (Ok(()), None) => {
                 if let Err(e) = self.clean.mark_clean() {
                     warn!(cause = %e, "could not record a clean shutdown; the next start rebuilds from the snapshot");
                 }
             }
-            Err(e) => warn!(cause = %e, "raft did not stop cleanly"),
+            (_, Some(cause)) => {
+                warn!(%cause, "not a clean stop: the next start rebuilds the files from the snapshot and the log")
+            }
+            (Err(e), None) => warn!(cause = %e, "raft did not stop cleanly"),
         }
+        fatal
     }
 }
 

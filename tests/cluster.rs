@@ -504,3 +504,34 @@ fn lagging_node_catches_up_on_large_files() {
         "no election while catching up"
     );
 }
+
+#[test]
+fn a_fatal_storage_error_stops_the_node_and_is_not_a_clean_stop() {
+    let mut c = Cluster::start(1, &["--request-timeout-ms", "2000"]);
+    c.wait_leader();
+    assert_eq!(c.nodes[0].post("/files/before", b"1").0, 200);
+    // Break the state machine's staging directory: the next apply fails with a local fault.
+    let tmp = c.nodes[0].dir.join("sm/tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let code = c.nodes[0].post("/files/doomed", b"2").0;
+    assert_ne!(code, 200, "a write whose apply failed is not acknowledged");
+    let exit = wait_for(Duration::from_secs(20), "the node to exit", || {
+        c.nodes[0].child.as_mut().unwrap().try_wait().unwrap()
+    });
+    assert!(!exit.success(), "a node whose Raft core died exits non-zero");
+    let logs = c.nodes[0].logs();
+    assert!(logs.contains("fatal error"), "{logs}");
+    assert!(
+        !c.nodes[0].dir.join("sm/clean").exists(),
+        "a fatal stop is not a clean stop"
+    );
+
+    // Repaired and restarted, it rebuilds from the log: the committed write is applied.
+    c.nodes[0].child = None;
+    std::fs::remove_file(&tmp).unwrap();
+    c.nodes[0].spawn();
+    c.wait_leader();
+    assert_eq!(c.nodes[0].get("/files/before"), (200, b"1".to_vec()));
+    assert_eq!(c.nodes[0].get("/files/doomed"), (200, b"2".to_vec()));
+}

@@ -154,6 +154,31 @@ impl Node {
         self.removed.notified().await
     }
 
+    /// Why the Raft core stopped on its own (a storage error: a disk fault, a full disk), if it
+    /// did; `None` while it runs or after an ordinary shutdown.
+    pub fn fatal_error(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Resolves when the Raft core stops on a fatal error, with the cause.
+    pub(crate) async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(cause) = self.fatal_error() {
+                return cause;
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone without a recorded error; report what there is.
+                return self
+                    .fatal_error()
+                    .unwrap_or_else(|| "the Raft core stopped".into());
+            }
+        }
+    }
+
     /// Marks this node removed (told so by the leader).
     pub(crate) fn mark_removed(&self) {
         warn!("this node was removed from the cluster; shutting down");
