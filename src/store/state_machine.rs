@@ -35,6 +35,10 @@ pub(crate) const DEDUP_CAPACITY: usize = 10_000;
 
 /// Flag file in `sm/` written at a clean shutdown, after all applied files are synced.
 const CLEAN: &str = "clean";
+/// File in `sm/` holding the de-duplication table as of a clean shutdown: entries applied
+/// after the newest snapshot are not replayed after a clean stop, so their request ids must
+/// come back from here, or a retry would be applied again on this node only.
+const DEDUP_FILE: &str = "dedup";
 
 /// What `sm/applied` records.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -80,6 +84,20 @@ impl Dedup {
             .iter()
             .filter_map(|id| Some((*id, self.results.get(id)?.clone())))
             .collect()
+    }
+
+    /// The table to start with: as saved at a clean stop, else as of the newest snapshot
+    /// (after a crash the log is replayed from that snapshot, rebuilding the rest).
+    fn load(sm_dir: &Path, clean: bool, snapshot: Option<&Path>) -> std::io::Result<Self> {
+        if clean {
+            if let Some(items) = crate::fsutil::read_json(&sm_dir.join(DEDUP_FILE))? {
+                return Ok(Dedup::from_vec(items));
+            }
+        }
+        match snapshot {
+            Some(path) => Ok(Dedup::from_vec(snapshot::read_header(path)?.dedup)),
+            None => Ok(Dedup::default()),
+        }
     }
 
     fn from_vec(items: Vec<(RequestId, CommandResult)>) -> Self {
@@ -152,10 +170,9 @@ impl StateMachine {
         let marker_path = data_dir.join("sm").join("applied");
         let fresh = !marker_path.exists() && current.is_none();
         let marker = Marker::read(&marker_path)?;
-        let dedup = match &current {
-            Some((_, path)) => Dedup::from_vec(snapshot::read_header(path)?.dedup),
-            None => Dedup::default(),
-        };
+        let sm_dir = data_dir.join("sm");
+        let was_clean = sm_dir.join(CLEAN).exists();
+        let dedup = Dedup::load(&sm_dir, was_clean, current.as_ref().map(|c| c.1.as_path()))?;
         info!(applied = ?marker.last_applied.map(|l| l.index), snapshot = ?current.as_ref().map(|c| c.0.snapshot_id.clone()), "state machine opened");
         let marker_file = File::options()
             .create(true)
@@ -171,7 +188,6 @@ impl StateMachine {
             current,
             receiving: None,
         };
-        let sm_dir = data_dir.join("sm");
         let shared = Shared {
             tree,
             snapshots,
@@ -262,7 +278,9 @@ impl Shared {
 
     /// Makes everything applied durable, then records that this run stopped cleanly.
     fn mark_clean(&self) -> std::io::Result<()> {
-        let _state = self.lock();
+        let state = self.lock();
+        let table = serde_json::to_vec(&state.dedup.to_vec())?;
+        crate::fsutil::write_atomic(&self.sm_dir.join(DEDUP_FILE), &table)?;
         let dir = File::open(&self.sm_dir)?;
         if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
             return Err(std::io::Error::last_os_error());

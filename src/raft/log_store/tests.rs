@@ -219,3 +219,30 @@ async fn state_machine_resumes_from_its_marker() {
     sm.apply((3..5).map(|i| entry(1, i))).await.unwrap();
     assert_eq!(std::fs::read(dir.path().join("files/f4")).unwrap(), b"v4");
 }
+
+#[tokio::test]
+async fn retries_are_recognised_after_a_clean_restart() {
+    use crate::raft::command::Delete;
+    let dir = tempfile::tempdir().unwrap();
+    let delete = |index, req| Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Delete(Delete {
+            filename: "f0".into(),
+            req: Some(req),
+        })),
+    };
+    let (mut sm, _) = StateMachine::open(dir.path()).unwrap();
+    let results = sm.apply([entry(1, 0), delete(1, 42)]).await.unwrap();
+    assert_eq!(results[1], Ok(()));
+    sm.shutdown_handle().mark_clean().unwrap();
+    drop(sm);
+    // No snapshot holds request 42; after a clean stop nothing is replayed. A retry that
+    // commits after the restart must still get the first answer, as on every other replica.
+    let (mut sm, _) = StateMachine::open(dir.path()).unwrap();
+    let results = sm.apply([delete(2, 42)]).await.unwrap();
+    assert_eq!(
+        results[0],
+        Ok(()),
+        "the retry is recognised, not applied again (NotFound)"
+    );
+}
