@@ -262,11 +262,16 @@ impl Tree {
         self.uploads.join(format!("{upload:016x}"))
     }
 
-    /// `file:chunk`: stage one piece (rewriting it on replay is harmless).
+    /// `file:chunk`: stage one piece (rewriting it on replay is harmless). Written under a
+    /// temporary name and renamed, so a snapshot linking the staging area never sees a piece
+    /// half-written.
     pub fn chunk(&self, chunk: &Chunk) -> Applied {
         let dir = self.upload_dir(chunk.upload);
         fs::create_dir_all(&dir)?;
-        fs::write(dir.join(format!("{:08}", chunk.seq)), &chunk.data.0)?;
+        let piece = dir.join(format!("{:08}", chunk.seq));
+        let partial = piece.with_extension("partial");
+        fs::write(&partial, &chunk.data.0)?;
+        fs::rename(&partial, &piece)?;
         Ok(Ok(()))
     }
 
@@ -285,6 +290,7 @@ impl Tree {
         let mut pieces = match fs::read_dir(&dir) {
             Ok(entries) => entries
                 .map(|e| e.map(|e| e.path()))
+                .filter(|p| p.as_ref().map_or(true, |p| p.extension().is_none()))
                 .collect::<io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(Err(FileError::NotFound(format!(

@@ -53,6 +53,8 @@ impl Marker {
     /// The marker saved at `path`, or the empty one for a new state machine.
     fn read(path: &Path) -> std::io::Result<Marker> {
         match fs::read(path) {
+            // Created at open, written at the first apply: empty if nothing was applied yet.
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Marker::default()),
             Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Marker::default()),
             Err(e) => Err(e),

@@ -18,6 +18,7 @@ use crate::raft::LogId;
 /// Reads and verifies the whole log file.
 pub(super) fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
     let file = open_rw(path).context(|| format!("open {}", path.display()))?;
+    fsutil::sync_parent(path).context(|| "make the log file's creation durable".into())?;
     let mut reader = BufReader::new(file.try_clone().context(|| format!("open {}", path.display()))?);
     let first_index = last_purged.map(|p| p.index + 1).unwrap_or(0);
     let mut log = LogFile::empty(path, file, last_purged);

@@ -246,3 +246,28 @@ async fn retries_are_recognised_after_a_clean_restart() {
         "the retry is recognised, not applied again (NotFound)"
     );
 }
+
+#[test]
+fn an_unreadable_snapshot_is_set_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    std::fs::write(snapshots.join("1-5-abc.snap"), b"damaged").unwrap();
+    std::fs::write(snapshots.join("build-0000000000000001"), b"left by a crash").unwrap();
+    let (_sm, _) = StateMachine::open(dir.path()).unwrap();
+    assert!(!snapshots.join("1-5-abc.snap").exists());
+    assert_eq!(
+        std::fs::read(snapshots.join("1-5-abc.snap.bad")).unwrap(),
+        b"damaged"
+    );
+    assert!(
+        !snapshots.join("build-0000000000000001").exists(),
+        "leftovers are cleaned up"
+    );
+    drop(_sm);
+    let (_sm, _) = StateMachine::open(dir.path()).unwrap();
+    assert!(
+        snapshots.join("1-5-abc.snap.bad").exists(),
+        "and kept across starts"
+    );
+}

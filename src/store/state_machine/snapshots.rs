@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::{Dedup, Marker, Shared};
+use crate::fsutil;
 use crate::raft::SnapshotMeta;
 use crate::store::snapshot::{self, Header};
 use crate::store::Change;
@@ -40,7 +41,10 @@ impl Shared {
         };
         let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
         let tmp = path.with_extension("tmp");
-        let written = snapshot::write_archive(&staging, &header, &tmp).and_then(|()| fs::rename(&tmp, &path));
+        // The rename must be durable before openraft purges the log this snapshot replaces.
+        let written = snapshot::write_archive(&staging, &header, &tmp)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .and_then(|()| fsutil::sync_parent(&path));
         drop(archiving);
         fs::remove_dir_all(&staging)?;
         written?;
@@ -92,6 +96,7 @@ impl Shared {
             Some(path) if same(&path) => {
                 file.sync_all()?;
                 fs::rename(&path, &target)?;
+                fsutil::sync_parent(&target)?;
             }
             other => {
                 let tmp = target.with_extension("tmp");
@@ -100,6 +105,7 @@ impl Shared {
                 std::io::copy(&mut file, &mut out)?;
                 out.sync_all()?;
                 fs::rename(&tmp, &target)?;
+                fsutil::sync_parent(&target)?;
                 if let Some(path) = other {
                     let _ = fs::remove_file(path);
                 }
@@ -129,6 +135,8 @@ impl Shared {
             fs::rename(restore.join("files"), &self.tree.root)?;
             fs::rename(&self.tree.uploads, trash.join("uploads"))?;
             fs::rename(restore.join("uploads"), &self.tree.uploads)?;
+            fsutil::sync_parent(&self.tree.root)?;
+            fsutil::sync_parent(&self.tree.uploads)?;
             state.marker = Marker {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
@@ -170,14 +178,21 @@ impl Shared {
 
 /// The newest readable snapshot in `dir`, removing older ones, unreadable ones and whatever a
 /// build or a transfer cut short left behind.
+/// Extension given to a snapshot file that cannot be read; such files are kept for a person.
+const BAD: &str = "bad";
+
 pub(super) fn newest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
     fs::create_dir_all(dir)?;
     let mut current: Option<(SnapshotMeta, PathBuf)> = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "snap") {
-            remove_any(&path)?;
-            continue;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("snap") => {}
+            Some(BAD) => continue,
+            _ => {
+                remove_any(&path)?;
+                continue;
+            }
         }
         match snapshot::read_header(&path) {
             Ok(h)
@@ -191,8 +206,10 @@ pub(super) fn newest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMet
             }
             Ok(_) => fs::remove_file(&path)?,
             Err(e) => {
-                warn!(path = %path.display(), cause = %e, "removing unreadable snapshot");
-                fs::remove_file(&path)?;
+                // Set aside, never deleted: it may be the only copy of something.
+                let aside = path.with_extension(format!("snap.{BAD}"));
+                warn!(path = %path.display(), aside = %aside.display(), cause = %e, "setting aside an unreadable snapshot");
+                fs::rename(&path, &aside)?;
             }
         }
     }
