@@ -90,7 +90,7 @@ pub(crate) async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
 
 /// `GET /log`: the log file's text.
 pub(crate) async fn log(State(node): State<Arc<Node>>) -> Result<Response> {
-    let text = node.log_text()?;
+    let text = node.log_text().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 

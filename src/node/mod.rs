@@ -145,8 +145,12 @@ impl Node {
     }
 
     /// The log file's text, as `GET /log` serves it.
-    pub(crate) fn log_text(&self) -> Result<Vec<u8>> {
-        self.log.text().map_err(|e| Error::io("read log", e))
+    pub(crate) async fn log_text(&self) -> Result<Vec<u8>> {
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || log.text()).await {
+            Ok(read) => read.map_err(|e| Error::io("read log", e)),
+            Err(e) => Err(Error::io("read log", std::io::Error::other(e))),
+        }
     }
 
     /// Resolves when the cluster has removed this node.

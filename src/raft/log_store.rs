@@ -181,10 +181,17 @@ impl LogReader {
         self.shared.committed.load(Ordering::Relaxed).checked_sub(1)
     }
 
-    /// The raw text of the present log, exactly as in the file.
+    /// The raw text of the present log, exactly as in the file. The lock is held only to
+    /// find the byte range: the read itself (the log may be large) never blocks appends. A
+    /// purge meanwhile swaps in a new file, which leaves this handle on the old one.
     pub fn text(&self) -> std::io::Result<Vec<u8>> {
-        let log = self.shared.log.read().expect("log lock poisoned");
-        log.read_lines(log.first_index, log.next_index(), u64::MAX)
+        let (file, from, to) = {
+            let log = self.shared.log.read().expect("log lock poisoned");
+            (log.file.clone(), log.offset_of(log.first_index), log.end)
+        };
+        let mut buf = vec![0; to.saturating_sub(from) as usize];
+        file.read_exact_at(&mut buf, from)?;
+        Ok(buf)
     }
 
     fn read(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
