@@ -102,6 +102,11 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Refuse writes that add data (HTTP 507, ENOSPC through FUSE) while the data directory's
+    /// filesystem has fewer free bytes than this; deletes still work. 0 turns it off.
+    #[arg(long, env = "RAFTD_MIN_FREE", default_value_t = config::DEFAULT_MIN_FREE)]
+    pub min_free: u64,
+
     /// Take a snapshot (and compact the log) every this many entries.
     #[arg(long, env = "RAFTD_SNAPSHOT_EVERY", default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
@@ -121,6 +126,7 @@ impl Cli {
         c.mount = self.mount;
         c.stale_reads = self.stale_reads;
         c.allow_other = self.allow_other;
+        c.min_free = self.min_free;
         c.cluster_token = match (self.cluster_token, self.cluster_token_file) {
             (Some(token), _) => Some(token),
             (None, Some(path)) => Some(

@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
 pub const DEFAULT_CHUNK_SIZE: usize = 256 << 10;
 /// Entries applied between snapshots; the log is compacted after each snapshot.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+/// Free bytes a node keeps in its data directory's filesystem: below it, writes that add
+/// data are refused (HTTP 507, ENOSPC) while deletes still work, so a full disk — which
+/// every replica reaches at about the same time — never stops the cluster.
+pub const DEFAULT_MIN_FREE: u64 = 64 << 20;
 /// Largest piece of a snapshot sent in one peer message, in bytes.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Largest batch of log lines one AppendEntries carries (a single larger entry still goes
@@ -69,6 +73,8 @@ pub struct Config {
     pub stale_reads: bool,
     /// Let users other than the mounting one use the FUSE mount.
     pub allow_other: bool,
+    /// See [`DEFAULT_MIN_FREE`]; 0 turns the guard off.
+    pub min_free: u64,
     /// Shared secret every request to peer and membership routes must carry.
     pub cluster_token: Option<String>,
     /// Serve HTTPS (and call peers over HTTPS) when set.
@@ -92,6 +98,7 @@ impl Config {
             mount: None,
             stale_reads: false,
             allow_other: false,
+            min_free: DEFAULT_MIN_FREE,
             cluster_token: None,
             tls: None,
         }

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
+    /// Free space on a node's data directory is under `--min-free`: new data is refused
+    /// (deletes still work) until space is freed.
+    #[error("no space: {0}")]
+    NoSpace(String),
+
     /// A filesystem operation on this node failed.
     #[error("{context}: {source}")]
     Io {

@@ -535,3 +535,57 @@ fn a_fatal_storage_error_stops_the_node_and_is_not_a_clean_stop() {
     assert_eq!(c.nodes[0].get("/files/before"), (200, b"1".to_vec()));
     assert_eq!(c.nodes[0].get("/files/doomed"), (200, b"2".to_vec()));
 }
+
+/// Mounts a tmpfs of `size` at `dir` (root only); `false`, with a SKIPPED line, if it cannot.
+fn small_filesystem(dir: &std::path::Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            println!(
+                "SKIPPED: cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            println!("SKIPPED: cannot run mount: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_data_but_deletes_work() {
+    let mut c = Cluster::empty();
+    // The node's data directory is a 48 MiB filesystem that must keep 32 MiB free.
+    if !small_filesystem(&c.tmp.path().join("node.1"), "48m") {
+        return;
+    }
+    c.add_node(None, &["--min-free", &(32u64 << 20).to_string()]);
+    c.wait_leader();
+    let n = &c.nodes[0];
+    let file = vec![b'x'; 2 << 20];
+    let mut written = Vec::new();
+    let refusal = loop {
+        let name = format!("f{}", written.len());
+        let (code, body) = n.post(&format!("/files/{name}"), &file);
+        if code != 200 {
+            break (code, String::from_utf8_lossy(&body).to_string());
+        }
+        written.push(name);
+        assert!(written.len() < 20, "the guard never refused a write");
+    };
+    assert_eq!(refusal.0, 507, "{}", refusal.1);
+    assert!(refusal.1.contains("--min-free"), "{}", refusal.1);
+    assert!(!written.is_empty(), "writes worked while there was room");
+    // Deletes still work, and the node still serves everything it holds.
+    assert_eq!(n.delete(&format!("/files/{}", written[0])).0, 200);
+    assert_eq!(n.get(&format!("/files/{}", written[1])), (200, file.clone()));
+    assert_eq!(n.status().unwrap()["state"], "leader");
+    assert!(c.nodes[0].is_running());
+}

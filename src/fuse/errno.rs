@@ -14,6 +14,7 @@ pub(crate) fn errno(err: &Error) -> libc::c_int {
         Error::InvalidPath { reason, .. } if reason.is_length() => libc::ENAMETOOLONG,
         Error::InvalidPath { .. } | Error::BadRequest(_) => libc::EINVAL,
         Error::TooLarge { .. } => libc::EFBIG,
+        Error::NoSpace(_) => libc::ENOSPC,
         // No quorum, no leader, a disk fault: the data did not reach a majority.
         Error::Unavailable(_) | Error::Io { .. } | Error::Raft(_) | Error::Peer { .. } => libc::EIO,
         Error::CorruptLog { .. } | Error::Config(_) => libc::EIO,

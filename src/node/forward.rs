@@ -34,6 +34,8 @@ pub enum Refusal {
     Unavailable(String),
     /// The request itself is wrong (e.g. joining under a name another member has).
     Rejected(String),
+    /// The leader is short of disk space (see `--min-free`): give up with 507.
+    NoSpace(String),
 }
 
 /// What a leader-side operation answers.
@@ -74,6 +76,7 @@ impl Node {
                 Err(Refusal::Transient(msg)) => why = msg,
                 Err(Refusal::Unavailable(msg)) => return Err(Error::Unavailable(msg)),
                 Err(Refusal::Rejected(msg)) => return Err(Error::BadRequest(msg)),
+                Err(Refusal::NoSpace(msg)) => return Err(Error::NoSpace(msg)),
             }
             tokio::time::sleep(RETRY_INTERVAL.min(remaining)).await;
         }

@@ -53,6 +53,9 @@ impl Node {
     /// Appends and commits a command on this node, which must be the leader.
     pub(crate) async fn propose_local(&self, cmd: Command, timeout: Duration) -> LeaderReply<Applied> {
         self.check_leader()?;
+        if cmd.adds_data() {
+            self.check_space().map_err(Refusal::NoSpace)?;
+        }
         debug!(name = cmd.name(), "propose");
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(resp)) => Ok(Applied {

@@ -372,6 +372,9 @@ impl Node {
     /// this node has applied it too, so the caller's next local read sees it.
     #[instrument(level = "debug", skip_all, fields(cmd = cmd.name()))]
     pub async fn propose(&self, mut cmd: Command) -> Result<()> {
+        if cmd.adds_data() {
+            self.check_space().map_err(Error::NoSpace)?;
+        }
         if cmd.req().is_none() {
             cmd.set_req(rand::random());
         }
@@ -443,6 +446,27 @@ impl Node {
             self.remove_local(req.clone(), timeout)
         })
         .await
+    }
+
+    /// Refuses (with the reason) when this node's data directory has less free space than
+    /// `--min-free`. Checked on the node a client reached and again on the leader.
+    pub(crate) fn check_space(&self) -> std::result::Result<(), String> {
+        let min = self.config.min_free;
+        if min == 0 {
+            return Ok(());
+        }
+        let free = match rustix::fs::statvfs(&self.config.data_dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(_) => return Ok(()), // cannot tell: let the write try
+        };
+        if free < min {
+            return Err(format!(
+                "{}: {free} bytes free in {}, under --min-free {min}; delete files to make room",
+                self.name,
+                self.config.data_dir.display()
+            ));
+        }
+        Ok(())
     }
 
     /// The current leader's id and name, as this node believes.

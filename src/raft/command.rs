@@ -229,6 +229,15 @@ impl Command {
         }
     }
 
+    /// Whether applying it can take more space (everything but removals and aborts).
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Command::Delete(_) | Command::Rmdir(_) | Command::Rename(_) | Command::Touch(_) => false,
+            Command::Commit(c) => c.filename.is_some(),
+            Command::Write(_) | Command::Mkdir(_) | Command::Chunk(_) => true,
+        }
+    }
+
     /// Bytes of file content the command carries.
     pub fn data_len(&self) -> usize {
         match self {
