@@ -136,14 +136,14 @@ pub(super) fn corrupt(path: &Path, line: usize, reason: String) -> Error {
 pub(super) fn rewrite_from(log: &mut LogFile, keep_from: u64) -> std::io::Result<()> {
     let keep_from = keep_from.max(log.first_index);
     let base = log.offset_of(keep_from.min(log.next_index()));
-    let tail = if keep_from < log.next_index() {
-        log.read_lines(keep_from, u64::MAX, u64::MAX)?
-    } else {
-        Vec::new()
-    };
+    // Copy the kept tail file to file, a piece at a time: it may be large, and memory is not
+    // to grow with it.
     let tmp = log.path.with_extension("tmp");
-    std::fs::write(&tmp, &tail)?;
-    File::open(&tmp)?.sync_all()?;
+    let mut out = File::create(&tmp)?;
+    let mut tail = std::io::Read::take(&*log.file, log.end - base);
+    std::io::Seek::seek(&mut tail.get_mut(), std::io::SeekFrom::Start(base))?;
+    std::io::copy(&mut tail, &mut out)?;
+    out.sync_all()?;
     std::fs::rename(&tmp, &log.path)?;
     fsutil::sync_parent(&log.path)?;
     log.file = Arc::new(open_rw(&log.path)?);
