@@ -589,3 +589,41 @@ fn a_full_disk_refuses_new_data_but_deletes_work() {
     assert_eq!(n.status().unwrap()["state"], "leader");
     assert!(c.nodes[0].is_running());
 }
+
+#[test]
+fn retries_with_an_idempotency_key_are_answered_not_repeated() {
+    let mut c = Cluster::start(3, &["--chunk-size", "1000"]);
+    let leader = c.wait_leader();
+    let [a, b] = c.followers(leader)[..] else { panic!() };
+    let (na, nb) = (c.nodes[a].name.clone(), c.nodes[b].name.clone());
+    let keyed = |addr: &str, method: &str, path: &str, key: &str, body: &[u8]| {
+        http_with(addr, method, path, &[("Idempotency-Key", key)], body)
+            .unwrap()
+            .0
+    };
+    // A delete that committed, retried (through another node) after a lost answer: 200 again,
+    // where a retry without a key gets 404.
+    assert_eq!(c.nodes[a].post("/files/d", b"x").0, 200);
+    assert_eq!(keyed(&na, "DELETE", "/files/d", "del-1", b""), 200);
+    assert_eq!(keyed(&nb, "DELETE", "/files/d", "del-1", b""), 200);
+    assert_eq!(c.nodes[b].delete("/files/d").0, 404);
+    // A write retried after someone else's newer write does not undo that write.
+    assert_eq!(keyed(&na, "POST", "/files/w", "put-1", b"first"), 200);
+    assert_eq!(c.nodes[b].post("/files/w", b"second").0, 200);
+    assert_eq!(keyed(&nb, "POST", "/files/w", "put-1", b"first"), 200);
+    assert_eq!(c.nodes[leader].get("/files/w"), (200, b"second".to_vec()));
+    // The same for a file written in chunks; the retry's staged pieces are dropped.
+    let big = vec![b'z'; 5000];
+    assert_eq!(keyed(&na, "PUT", "/files/big", "put-2", &big), 200);
+    assert_eq!(c.nodes[b].post("/files/big", b"small").0, 200);
+    assert_eq!(keyed(&nb, "PUT", "/files/big", "put-2", &big), 200);
+    assert_eq!(c.nodes[leader].get("/files/big"), (200, b"small".to_vec()));
+    for n in &c.nodes {
+        wait_for(Duration::from_secs(10), "staged pieces to be dropped", || {
+            let uploads = std::fs::read_dir(n.dir.join("sm/uploads")).ok()?.count();
+            (uploads == 0).then_some(())
+        });
+    }
+    // Keys must be printable.
+    assert_eq!(keyed(&na, "DELETE", "/files/x", "bad key", b""), 400);
+}

@@ -70,7 +70,8 @@ pub(crate) async fn put_file(
 ) -> Result<StatusCode> {
     names::validate(&name)?;
     let bytes = read_body(&node, &headers, body).await?;
-    node.write_file(&name, bytes).await?;
+    node.write_file_with(&name, bytes, idempotency_key(&headers)?)
+        .await?;
     Ok(StatusCode::OK)
 }
 
@@ -78,8 +79,9 @@ pub(crate) async fn put_file(
 pub(crate) async fn delete_file(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode> {
-    node.delete(&name).await?;
+    node.delete_with(&name, idempotency_key(&headers)?).await?;
     Ok(StatusCode::OK)
 }
 
@@ -92,6 +94,28 @@ pub(crate) async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
 pub(crate) async fn log(State(node): State<Arc<Node>>) -> Result<Response> {
     let text = node.log_text().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// The request header by which a client makes a retry safe: the same key, on any node, is
+/// the same request, answered with its first outcome if it committed.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request id for an `Idempotency-Key` (printable ASCII, 1 to 255 bytes): its FNV-1a
+/// hash, the same on every node.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<u64>> {
+    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = key.as_bytes();
+    if key.is_empty() || key.len() > 255 || !key.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::BadRequest(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters".into(),
+        ));
+    }
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(Some(hash))
 }
 
 /// Reads the whole body, refusing more than the configured limit with 413.

@@ -30,7 +30,7 @@ use crate::client::HttpClient;
 use crate::config::{check_name, Config};
 use crate::error::{Error, Result};
 use crate::names;
-use crate::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, Touch, Write};
+use crate::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, RequestId, Touch, Write};
 use crate::raft::log_store::LogReader;
 use crate::raft::routes::PeerRoute;
 use crate::raft::{NodeId, Raft};
@@ -194,10 +194,16 @@ impl Node {
     /// Replaces a whole file, in chunks if it is larger than one entry may carry.
     #[instrument(level = "debug", skip(self, body), fields(len = body.len()))]
     pub async fn write_file(&self, name: &str, body: Bytes) -> Result<()> {
+        self.write_file_with(name, body, None).await
+    }
+
+    /// [`write_file`](Self::write_file) under a request id the client chose (an
+    /// `Idempotency-Key`): a retry of a write that did commit is answered, not applied again.
+    pub async fn write_file_with(&self, name: &str, body: Bytes, req: Option<RequestId>) -> Result<()> {
         names::validate(name)?;
         let mut pieces = body.chunks(self.config.chunk_size.max(1));
         let next = || Ok(pieces.next().map(<[u8]>::to_vec));
-        self.write_pieces(name, body.len() as u64, files::now_nanos(), next)
+        self.write_pieces(name, body.len() as u64, files::now_nanos(), req, next)
             .await
     }
 
@@ -224,7 +230,7 @@ impl Node {
             offset += buf.len() as u64;
             Ok(Some(buf))
         };
-        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), next)
+        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), None, next)
             .await
     }
 
@@ -235,20 +241,22 @@ impl Node {
         name: &str,
         len: u64,
         mtime: u64,
+        req: Option<RequestId>,
         mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
     ) -> Result<()> {
         if len <= self.config.chunk_size as u64 {
             let data = Data(next()?.unwrap_or_default());
+            let filename = name.into();
             return self
                 .propose(Command::Write(Write {
-                    filename: name.into(),
+                    filename,
                     data,
                     mtime,
-                    req: None,
+                    req,
                 }))
                 .await;
         }
-        self.write_chunked(name, mtime, next).await
+        self.write_chunked(name, mtime, req, next).await
     }
 
     /// `file:chunk`s staging the pieces under a fresh upload id, then a `file:commit`; if any
@@ -257,6 +265,7 @@ impl Node {
         &self,
         name: &str,
         mtime: u64,
+        req: Option<RequestId>,
         mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
     ) -> Result<()> {
         let upload: u64 = rand::random();
@@ -272,7 +281,7 @@ impl Node {
                 upload,
                 filename,
                 mtime,
-                req: None,
+                req,
             }))
             .await
         };
@@ -305,16 +314,22 @@ impl Node {
     /// Removes a file, or an empty directory.
     #[instrument(level = "debug", skip(self))]
     pub async fn delete(&self, name: &str) -> Result<()> {
+        self.delete_with(name, None).await
+    }
+
+    /// [`delete`](Self::delete) under a request id the client chose (see
+    /// [`write_file_with`](Self::write_file_with)).
+    pub async fn delete_with(&self, name: &str, req: Option<RequestId>) -> Result<()> {
         names::validate(name)?;
         let cmd = match self.store.stat(name) {
             Ok(s) if s.is_dir => Command::Rmdir(Dir {
                 dirname: name.into(),
                 mtime: 0,
-                req: None,
+                req,
             }),
             _ => Command::Delete(Delete {
                 filename: name.into(),
-                req: None,
+                req,
             }),
         };
         self.propose(cmd).await

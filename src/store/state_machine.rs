@@ -27,7 +27,7 @@ use super::files::Tree;
 use super::snapshot;
 use super::{Change, FileStore, CHANGE_FEED_CAPACITY};
 use crate::error::CommandResult;
-use crate::raft::command::RequestId;
+use crate::raft::command::{Command, Commit, RequestId};
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many recent request ids the state machine remembers for de-duplication.
@@ -251,6 +251,17 @@ impl Shared {
                                 index = entry.log_id.index,
                                 "duplicate request, answering first result"
                             );
+                            // A retried large write staged its pieces again: drop them.
+                            if let Command::Commit(c) = &cmd {
+                                let abort = Command::Commit(Commit {
+                                    filename: None,
+                                    ..c.clone()
+                                });
+                                self.tree
+                                    .apply(&abort, entry.log_id.index)
+                                    .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?
+                                    .ok();
+                            }
                             first
                         }
                         None => {
