@@ -167,6 +167,21 @@ fn echo_on_one_node_cat_on_every_node() {
         "chmod 644 {ml}/bar && chmod 755 {ml}/. && chown 0:0 {ml}/bar"
     ));
 
+    // Two processes appending to one file through one mount share its buffer: every line of
+    // both survives (each writer used to get a private copy, and the last close won).
+    ok(&format!(
+        "(for i in $(seq 40); do echo a$i; done) >> {ml}/shared.log & \
+         (for i in $(seq 40); do echo b$i; done) >> {ml}/shared.log; wait"
+    ));
+    let text = ok(&format!("cat {mf}/shared.log"));
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    let mut want: Vec<String> = (1..=40)
+        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+        .collect();
+    want.sort();
+    assert_eq!(lines, want, "both appenders' lines, on another node's mount");
+
     // The mount is the mounting user's alone unless --allow-other.
     let options = mount_options(&m[0]);
     assert!(!options.contains("allow_other"), "{options}");

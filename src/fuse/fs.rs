@@ -288,13 +288,14 @@ impl Filesystem for RaftFs {
                     shared.node.read_barrier().await?;
                 }
                 if writing {
-                    return shared.writer(ino, &path, truncate);
+                    return shared.open_writer(ino, &path, truncate);
                 }
-                Ok(Handle::Read(shared.node.store().open_file(&path)?))
+                let file = shared.node.store().open_file(&path)?;
+                Ok(shared.handles.insert(Handle::Read(file)).0)
             }
             .await;
             match opened {
-                Ok(handle) => reply.opened(shared.handles.insert(handle).0, 0),
+                Ok(fh) => reply.opened(fh, 0),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -313,8 +314,7 @@ impl Filesystem for RaftFs {
         let shared = &self.shared;
         let created = shared.child(parent, name).and_then(|path| {
             let ino = shared.inodes.lock().expect("inode lock").ino(&path);
-            let handle = shared.writer(ino, &path, true).map_err(|e| errno(&e))?;
-            let (fh, _) = shared.handles.insert(handle);
+            let fh = shared.open_writer(ino, &path, true).map_err(|e| errno(&e))?;
             Ok((fh, shared.stat(ino, &path)?))
         });
         match created {
@@ -361,7 +361,7 @@ impl Filesystem for RaftFs {
         offset: i64,
         data: &[u8],
         _write_flags: u32,
-        _flags: i32,
+        flags: i32,
         _lock: Option<u64>,
         reply: ReplyWrite,
     ) {
@@ -369,7 +369,12 @@ impl Filesystem for RaftFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let written = locked(&handle).write_at(data, offset as u64);
+        // A shared buffer's end is known only here, not to the kernel.
+        let written = if flags & libc::O_APPEND != 0 {
+            locked(&handle).append(data)
+        } else {
+            locked(&handle).write_at(data, offset as u64)
+        };
         match written {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),

@@ -87,6 +87,16 @@ impl Handle {
         }
     }
 
+    /// Buffers `data` at the end (a write to a file opened with `O_APPEND`).
+    pub(crate) fn append(&mut self, data: &[u8]) -> Result<(), libc::c_int> {
+        let end = self
+            .file()
+            .metadata()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?
+            .len();
+        self.write_at(data, end)
+    }
+
     /// Sets the buffered size; EBADF on a read handle.
     pub(crate) fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
         match self {
@@ -185,6 +195,26 @@ impl Handles {
     /// Forgets a handle (its write buffer is deleted when the last reference goes).
     pub(crate) fn remove(&self, fh: u64) {
         self.table().remove(&fh);
+    }
+
+    /// A write handle for `ino`: the one already open on this node if there is one (so two
+    /// writers of a file — two loggers appending — share one buffer instead of the last
+    /// close winning), truncated if `truncate`; else a new one from `make`.
+    pub(crate) fn open_writer<E>(
+        &self,
+        ino: u64,
+        truncate: bool,
+        make: impl FnOnce() -> Result<Handle, E>,
+    ) -> Result<Result<(u64, Shared), E>, libc::c_int> {
+        let Some(existing) = self.writer_of(ino) else {
+            return Ok(make().map(|handle| self.insert(handle)));
+        };
+        if truncate {
+            lock(&existing).resize(0)?;
+        }
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.table().insert(fh, existing.clone());
+        Ok(Ok((fh, existing)))
     }
 
     /// An open write handle of `ino`, if any.

@@ -161,6 +161,16 @@ impl Shared {
             .map_err(|e| Error::io(format!("write buffer for {path}"), e))
     }
 
+    /// Opens `ino` for writing: joins this node's open writer of it, or starts one holding
+    /// its committed contents (none if `truncate`). Returns the new handle number.
+    pub(super) fn open_writer(&self, ino: u64, path: &str, truncate: bool) -> Result<u64> {
+        let resized = |e| Error::io("truncate", std::io::Error::from_raw_os_error(e));
+        let opened = self
+            .handles
+            .open_writer(ino, truncate, || self.writer(ino, path, truncate));
+        Ok(opened.map_err(resized)??.0)
+    }
+
     /// Proposes a handle's buffered contents if they changed since the last commit.
     pub(super) async fn commit(&self, handle: &handles::Shared) -> Result<()> {
         let pending = locked(handle)
