@@ -200,21 +200,23 @@ impl Handles {
     /// A write handle for `ino`: the one already open on this node if there is one (so two
     /// writers of a file — two loggers appending — share one buffer instead of the last
     /// close winning), truncated if `truncate`; else a new one from `make`.
-    pub(crate) fn open_writer<E>(
+    pub(crate) fn open_writer(
         &self,
         ino: u64,
         truncate: bool,
-        make: impl FnOnce() -> Result<Handle, E>,
-    ) -> Result<Result<(u64, Shared), E>, libc::c_int> {
+        make: impl FnOnce() -> crate::Result<Handle>,
+    ) -> crate::Result<(u64, Shared)> {
         let Some(existing) = self.writer_of(ino) else {
-            return Ok(make().map(|handle| self.insert(handle)));
+            return make().map(|handle| self.insert(handle));
         };
         if truncate {
-            lock(&existing).resize(0)?;
+            lock(&existing)
+                .resize(0)
+                .map_err(|e| crate::Error::io("truncate", io::Error::from_raw_os_error(e)))?;
         }
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         self.table().insert(fh, existing.clone());
-        Ok(Ok((fh, existing)))
+        Ok((fh, existing))
     }
 
     /// An open write handle of `ino`, if any.

@@ -164,11 +164,10 @@ impl Shared {
     /// Opens `ino` for writing: joins this node's open writer of it, or starts one holding
     /// its committed contents (none if `truncate`). Returns the new handle number.
     pub(super) fn open_writer(&self, ino: u64, path: &str, truncate: bool) -> Result<u64> {
-        let resized = |e| Error::io("truncate", std::io::Error::from_raw_os_error(e));
-        let opened = self
+        let (fh, _) = self
             .handles
-            .open_writer(ino, truncate, || self.writer(ino, path, truncate));
-        Ok(opened.map_err(resized)??.0)
+            .open_writer(ino, truncate, || self.writer(ino, path, truncate))?;
+        Ok(fh)
     }
 
     /// Proposes a handle's buffered contents if they changed since the last commit.

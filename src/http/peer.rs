@@ -34,7 +34,10 @@ fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
 /// How long a forwarded request may take: what its caller has left (the deadline header),
 /// never more than this node's own request timeout.
 fn caller_deadline(node: &Node, headers: &HeaderMap) -> Duration {
-    let own = node.config().request_timeout;
+    deadline_within(node.config().request_timeout, headers)
+}
+
+fn deadline_within(own: Duration, headers: &HeaderMap) -> Duration {
     let left = headers
         .get(DEADLINE_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -147,4 +150,34 @@ pub(crate) async fn removed(State(node): State<Arc<Node>>, Query(t): Query<Targe
     }
     node.mark_removed();
     StatusCode::OK.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn a_forwarded_request_waits_no_longer_than_its_caller() {
+        let own = Duration::from_millis(5000);
+        let deadline = |header: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = header {
+                headers.insert(DEADLINE_HEADER, HeaderValue::from_str(v).unwrap());
+            }
+            deadline_within(own, &headers)
+        };
+        assert_eq!(
+            deadline(Some("120")),
+            Duration::from_millis(120),
+            "the caller's time left"
+        );
+        assert_eq!(
+            deadline(Some("60000")),
+            own,
+            "never longer than this node's own timeout"
+        );
+        assert_eq!(deadline(None), own);
+        assert_eq!(deadline(Some("soon")), own);
+    }
 }

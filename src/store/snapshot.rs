@@ -405,6 +405,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn linked_directories_keep_their_source_times() {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("tree/d")).unwrap();
+        fs::write(src.path().join("tree/d/f"), b"x").unwrap();
+        let old = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::open(src.path().join("tree/d"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        link_tree(&src.path().join("tree"), &src.path().join("staged")).unwrap();
+        let mtime = |p: &str| fs::metadata(src.path().join(p)).unwrap().modified().unwrap();
+        assert_eq!(
+            mtime("staged/d"),
+            old,
+            "not the time the staging directory was made"
+        );
+        assert_eq!(mtime("staged"), mtime("tree"));
+    }
+
     fn sample_archive() -> Vec<u8> {
         let src = tempfile::tempdir().unwrap();
         fs::create_dir_all(src.path().join("files/d")).unwrap();

@@ -198,9 +198,11 @@ impl StateMachine {
             changes,
         };
         // The flag is consumed now: from here on this run is unclean until `mark_clean`.
-        let clean = fs::remove_file(sm_dir.join(CLEAN)).is_ok();
+        if was_clean {
+            fs::remove_file(sm_dir.join(CLEAN))?;
+        }
         File::open(&sm_dir)?.sync_all()?;
-        if !clean && !fresh {
+        if !was_clean && !fresh {
             shared.recover()?;
         }
         Ok((
