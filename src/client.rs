@@ -44,6 +44,7 @@ pub enum SendError {
 }
 
 /// An HTTP response: status and whole body.
+#[derive(Debug)]
 pub struct Response {
     /// HTTP status.
     pub status: StatusCode,
@@ -263,4 +264,61 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer that answers any request with a 200 and `len` bytes.
+    async fn peer_answering(len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&vec![b'x'; len]).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_are_cut_off() {
+        let client = HttpClient::new(crate::tls::unused_client_config(), "http", None, 1024);
+        let small = peer_answering(1000).await;
+        let answer = client
+            .post_json(&small, "/", &(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.body.len(), 1000);
+        let big = peer_answering(1 << 20).await;
+        let err = client
+            .post_json(&big, "/", &(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("reading the answer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_cut_link_is_unreachable() {
+        let links = Links::default();
+        let client = HttpClient::plain().with_links(links.clone());
+        let addr = peer_answering(2).await;
+        links.cut(&addr);
+        let err = client
+            .post_json(&addr, "/", &(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SendError::Connect(..)), "{err}");
+        links.heal(&addr);
+        client
+            .post_json(&addr, "/", &(), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
 }
