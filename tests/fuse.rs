@@ -182,6 +182,20 @@ fn echo_on_one_node_cat_on_every_node() {
     want.sort();
     assert_eq!(lines, want, "both appenders' lines, on another node's mount");
 
+    // An open file keeps the version it opened, whole, even after the kernel learnt the size
+    // of a newer, shorter one (it used to cut reads at that size: "f5-1131" read as "f5-113").
+    {
+        use std::io::Read;
+        assert_eq!(c.nodes[follower].post("/files/versioned", b"the long version").0, 200);
+        let mut old = std::fs::File::open(m[follower].join("versioned")).unwrap();
+        assert_eq!(c.nodes[follower].post("/files/versioned", b"new").0, 200);
+        assert_eq!(std::fs::metadata(m[follower].join("versioned")).unwrap().len(), 3);
+        let mut seen = String::new();
+        old.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "the long version");
+        assert_eq!(std::fs::read(m[follower].join("versioned")).unwrap(), b"new");
+    }
+
     // The mount is the mounting user's alone unless --allow-other.
     let options = mount_options(&m[0]);
     assert!(!options.contains("allow_other"), "{options}");

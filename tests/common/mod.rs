@@ -60,8 +60,24 @@ pub fn http_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    http_within(addr, method, path, headers, body, Duration::from_secs(30))
+}
+
+/// [`http_with`] that gives up (an error) when connecting or any read or write takes longer
+/// than `timeout`.
+pub fn http_within(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::net::ToSocketAddrs;
+    let sock = (addr.to_socket_addrs()?.next()).ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut stream = TcpStream::connect_timeout(&sock, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
