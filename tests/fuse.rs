@@ -186,7 +186,10 @@ fn echo_on_one_node_cat_on_every_node() {
     // of a newer, shorter one (it used to cut reads at that size: "f5-1131" read as "f5-113").
     {
         use std::io::Read;
-        assert_eq!(c.nodes[follower].post("/files/versioned", b"the long version").0, 200);
+        assert_eq!(
+            c.nodes[follower].post("/files/versioned", b"the long version").0,
+            200
+        );
         let mut old = std::fs::File::open(m[follower].join("versioned")).unwrap();
         assert_eq!(c.nodes[follower].post("/files/versioned", b"new").0, 200);
         assert_eq!(std::fs::metadata(m[follower].join("versioned")).unwrap().len(), 3);

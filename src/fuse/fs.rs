@@ -298,7 +298,11 @@ impl Filesystem for RaftFs {
             // and cuts cached reads at it: once it learns a newer, shorter size, a page-cached
             // read of the older version would come back truncated. Direct I/O hands every
             // read of this handle to us, whole (private mappings still work).
-            let flags = if writing { 0 } else { fuser::consts::FOPEN_DIRECT_IO };
+            let flags = if writing {
+                0
+            } else {
+                fuser::consts::FOPEN_DIRECT_IO
+            };
             match opened {
                 Ok(fh) => reply.opened(fh, flags),
                 Err(e) => reply.error(errno(&e)),

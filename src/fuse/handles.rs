@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::raft::command::RequestId;
+
 /// One open file.
 pub(crate) enum Handle {
     /// Opened for reading.
@@ -32,6 +34,10 @@ pub(crate) struct Writer {
     version: u64,
     /// A time set (utimes) while contents were pending; committed with them.
     mtime: Option<u64>,
+    /// The request id of the last commit attempt and the version it sent: a retry of the same
+    /// version reuses the id, so a first attempt that did commit (its answer lost to a
+    /// timeout) is answered, not applied a second time over someone else's later write.
+    attempt: Option<(u64, RequestId)>,
 }
 
 impl Writer {
@@ -57,6 +63,8 @@ pub(crate) struct Pending {
     pub mtime: Option<u64>,
     /// The writer's version these contents are.
     pub version: u64,
+    /// The same for every attempt to commit this version.
+    pub req: RequestId,
 }
 
 impl Handle {
@@ -127,12 +135,20 @@ impl Handle {
     /// [`committed`](Self::committed) says the commit succeeded.
     pub(crate) fn take_pending(&mut self) -> io::Result<Option<Pending>> {
         match self {
-            Handle::Write(w) if w.dirty => Ok(Some(Pending {
-                ino: w.ino,
-                contents: w.buffer.try_clone()?,
-                mtime: w.mtime,
-                version: w.version,
-            })),
+            Handle::Write(w) if w.dirty => {
+                let req = match w.attempt {
+                    Some((version, req)) if version == w.version => req,
+                    _ => rand::random(),
+                };
+                w.attempt = Some((w.version, req));
+                Ok(Some(Pending {
+                    ino: w.ino,
+                    contents: w.buffer.try_clone()?,
+                    mtime: w.mtime,
+                    version: w.version,
+                    req,
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -255,6 +271,7 @@ impl Handles {
             dirty: truncate,
             version: 0,
             mtime: None,
+            attempt: None,
         }))
     }
 }
@@ -284,10 +301,19 @@ mod tests {
         assert_eq!(handles.buffered_size(7), Some(12));
         assert!(locked(&h).set_pending_mtime(5));
         let pending = locked(&h).take_pending().unwrap().expect("dirty");
-        assert!(
-            locked(&h).take_pending().unwrap().is_some(),
-            "still pending until committed"
+        let retry = locked(&h)
+            .take_pending()
+            .unwrap()
+            .expect("still pending until committed");
+        assert_eq!(
+            retry.req, pending.req,
+            "a retry of the same version is the same request"
         );
+        locked(&h).write_at(b"N", 0).unwrap();
+        let changed = locked(&h).take_pending().unwrap().unwrap();
+        assert_ne!(changed.req, pending.req, "new contents are a new request");
+        locked(&h).write_at(b"n", 0).unwrap();
+        let pending = locked(&h).take_pending().unwrap().unwrap();
         locked(&h).committed(pending.version);
         assert_eq!((pending.ino, pending.mtime), (7, Some(5)));
         let mut buf = vec![0; 12];

@@ -181,7 +181,7 @@ impl Shared {
             .map_err(|_| FileError::NotFound(format!("inode {}", pending.ino)))?;
         debug!(path, "commit");
         self.node
-            .write_file_from(&path, &pending.contents, pending.mtime)
+            .write_file_from(&path, &pending.contents, pending.mtime, Some(pending.req))
             .await?;
         locked(handle).committed(pending.version);
         Ok(())

@@ -209,9 +209,16 @@ impl Node {
 
     /// Replaces a whole file with the contents of a local file, reading one chunk at a time so
     /// memory stays bounded whatever the size (FUSE buffers writes in such files).
-    /// `mtime` defaults to now.
+    /// `mtime` defaults to now; `req` makes a retry exactly-once (see
+    /// [`write_file_with`](Self::write_file_with)).
     #[instrument(level = "debug", skip(self, file))]
-    pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mtime: Option<u64>) -> Result<()> {
+    pub async fn write_file_from(
+        &self,
+        name: &str,
+        file: &std::fs::File,
+        mtime: Option<u64>,
+        req: Option<RequestId>,
+    ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         names::validate(name)?;
         let len = file
@@ -230,7 +237,7 @@ impl Node {
             offset += buf.len() as u64;
             Ok(Some(buf))
         };
-        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), None, next)
+        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), req, next)
             .await
     }
 

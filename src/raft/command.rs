@@ -204,6 +204,18 @@ impl Command {
         }
     }
 
+    /// The time the proposer wrote into the command (nanoseconds since the epoch), if any: the
+    /// clock of the request-id table, which must be read from the log, not from a local clock.
+    pub fn time(&self) -> Option<u64> {
+        match self {
+            Command::Write(c) => Some(c.mtime),
+            Command::Mkdir(c) | Command::Rmdir(c) => Some(c.mtime),
+            Command::Touch(c) => Some(c.mtime),
+            Command::Commit(c) => Some(c.mtime),
+            Command::Delete(_) | Command::Rename(_) | Command::Chunk(_) => None,
+        }
+    }
+
     /// Sets the request id on commands that carry one.
     pub fn set_req(&mut self, id: RequestId) {
         match self {

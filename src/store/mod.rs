@@ -5,6 +5,7 @@
 //! reader sees a whole version of a file, never a partly written one.
 
 pub(crate) mod beneath;
+pub mod dedup;
 pub mod files;
 pub mod snapshot;
 pub(crate) mod state_machine;

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! raftd-snapshot 1
-//! {"meta":{…openraft SnapshotMeta…},"dedup":[…]}
+//! {"meta":{…openraft SnapshotMeta…},"dedup":{"clock":…,"requests":[…]}}
 //! {"path":"files/a","kind":"dir","mtime":…}
 //! {"path":"files/a/b","kind":"file","mtime":…,"size":3}
 //! <3 bytes>
@@ -28,9 +28,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use super::files::time_from_nanos;
-use crate::error::CommandResult;
 use crate::names;
-use crate::raft::command::RequestId;
 use crate::raft::SnapshotMeta;
 
 const MAGIC: &str = "raftd-snapshot 1";
@@ -40,8 +38,8 @@ const MAGIC: &str = "raftd-snapshot 1";
 pub struct Header {
     /// What the snapshot covers.
     pub meta: SnapshotMeta,
-    /// Recently applied request ids and their results.
-    pub dedup: Vec<(RequestId, CommandResult)>,
+    /// Recently applied request ids and their results, with the log's clock.
+    pub dedup: super::dedup::Saved,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,6 +352,7 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::dedup::Saved;
 
     #[test]
     fn archive_round_trips_a_tree() {
@@ -365,7 +364,10 @@ mod tests {
         fs::write(src.path().join("uploads/0000000000000001/00000000"), b"part").unwrap();
         let header = Header {
             meta: Default::default(),
-            dedup: vec![(7, Ok(()))],
+            dedup: Saved {
+                clock: 3,
+                requests: vec![(7, Ok(()), 2)],
+            },
         };
         let archive = src.path().join("snap");
         write_archive(src.path(), &header, &archive).unwrap();
@@ -390,7 +392,7 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let header = serde_json::to_string(&Header {
             meta: Default::default(),
-            dedup: vec![],
+            dedup: Saved::default(),
         })
         .unwrap();
         let archive =
@@ -433,7 +435,10 @@ mod tests {
         fs::write(src.path().join("files/empty"), b"").unwrap();
         let header = Header {
             meta: Default::default(),
-            dedup: vec![(1, Ok(()))],
+            dedup: Saved {
+                clock: 0,
+                requests: vec![(1, Ok(()), 0)],
+            },
         };
         write_archive(src.path(), &header, &src.path().join("a")).unwrap();
         fs::read(src.path().join("a")).unwrap()
@@ -469,7 +474,7 @@ mod tests {
         // A file whose directory was never declared, and a path that is both kinds.
         let header = serde_json::to_string(&Header {
             meta: Default::default(),
-            dedup: vec![],
+            dedup: Saved::default(),
         })
         .unwrap();
         for records in [

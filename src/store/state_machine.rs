@@ -7,11 +7,10 @@
 //! marker — and rebuilds them from the newest snapshot, after which openraft re-applies the
 //! log. So a crash can never leave a replica that silently differs from the others.
 //!
-//! Retried commands carry a request id; the results of the last [`DEDUP_CAPACITY`] ids are
-//! remembered (and travel in snapshots), so a retry answers with the first outcome instead
-//! of applying twice. The table is in memory: a node restart forgets it.
+//! Retried commands carry a request id; the results of recent ids are remembered for ten
+//! minutes by the log's clock (see [`super::dedup`]) and travel in snapshots and, at a clean
+//! stop, in `sm/dedup`, so a retry answers with the first outcome instead of applying twice.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -23,15 +22,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{debug, info};
 
+use super::dedup::Dedup;
 use super::files::Tree;
 use super::snapshot;
 use super::{Change, FileStore, CHANGE_FEED_CAPACITY};
 use crate::error::CommandResult;
-use crate::raft::command::{Command, Commit, RequestId};
+use crate::raft::command::{Command, Commit};
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-
-/// How many recent request ids the state machine remembers for de-duplication.
-pub(crate) const DEDUP_CAPACITY: usize = 10_000;
 
 /// Flag file in `sm/` written at a clean shutdown, after all applied files are synced.
 const CLEAN: &str = "clean";
@@ -62,52 +59,17 @@ impl Marker {
     }
 }
 
-/// Recent request ids and their results, oldest evicted first.
-#[derive(Default)]
-struct Dedup {
-    results: HashMap<RequestId, CommandResult>,
-    order: VecDeque<RequestId>,
-}
-
-impl Dedup {
-    fn insert(&mut self, id: RequestId, result: CommandResult) {
-        if self.results.insert(id, result).is_none() {
-            self.order.push_back(id);
-            if self.order.len() > DEDUP_CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.results.remove(&old);
-                }
-            }
+/// Loads the table to start with: as saved at a clean stop, else as of the newest snapshot
+/// (after a crash the log is replayed from that snapshot, rebuilding the rest).
+fn load_dedup(sm_dir: &Path, clean: bool, snapshot: Option<&Path>) -> std::io::Result<Dedup> {
+    if clean {
+        if let Some(saved) = crate::fsutil::read_json(&sm_dir.join(DEDUP_FILE))? {
+            return Ok(Dedup::restore(saved));
         }
     }
-
-    fn to_vec(&self) -> Vec<(RequestId, CommandResult)> {
-        self.order
-            .iter()
-            .filter_map(|id| Some((*id, self.results.get(id)?.clone())))
-            .collect()
-    }
-
-    /// The table to start with: as saved at a clean stop, else as of the newest snapshot
-    /// (after a crash the log is replayed from that snapshot, rebuilding the rest).
-    fn load(sm_dir: &Path, clean: bool, snapshot: Option<&Path>) -> std::io::Result<Self> {
-        if clean {
-            if let Some(items) = crate::fsutil::read_json(&sm_dir.join(DEDUP_FILE))? {
-                return Ok(Dedup::from_vec(items));
-            }
-        }
-        match snapshot {
-            Some(path) => Ok(Dedup::from_vec(snapshot::read_header(path)?.dedup)),
-            None => Ok(Dedup::default()),
-        }
-    }
-
-    fn from_vec(items: Vec<(RequestId, CommandResult)>) -> Self {
-        let mut d = Dedup::default();
-        for (id, r) in items {
-            d.insert(id, r);
-        }
-        d
+    match snapshot {
+        Some(path) => Ok(Dedup::restore(snapshot::read_header(path)?.dedup)),
+        None => Ok(Dedup::default()),
     }
 }
 
@@ -174,7 +136,7 @@ impl StateMachine {
         let marker = Marker::read(&marker_path)?;
         let sm_dir = data_dir.join("sm");
         let was_clean = sm_dir.join(CLEAN).exists();
-        let dedup = Dedup::load(&sm_dir, was_clean, current.as_ref().map(|c| c.1.as_path()))?;
+        let dedup = load_dedup(&sm_dir, was_clean, current.as_ref().map(|c| c.1.as_path()))?;
         info!(applied = ?marker.last_applied.map(|l| l.index), snapshot = ?current.as_ref().map(|c| c.0.snapshot_id.clone()), "state machine opened");
         let marker_file = File::options()
             .create(true)
@@ -246,7 +208,10 @@ impl Shared {
                     Ok(())
                 }
                 EntryPayload::Normal(cmd) => {
-                    let seen = cmd.req().and_then(|id| state.dedup.results.get(&id).cloned());
+                    if let Some(time) = cmd.time() {
+                        state.dedup.advance(time);
+                    }
+                    let seen = cmd.req().and_then(|id| state.dedup.get(id).cloned());
                     match seen {
                         Some(first) => {
                             debug!(
@@ -294,7 +259,7 @@ impl Shared {
     /// Makes everything applied durable, then records that this run stopped cleanly.
     fn mark_clean(&self) -> std::io::Result<()> {
         let state = self.lock();
-        let table = serde_json::to_vec(&state.dedup.to_vec())?;
+        let table = serde_json::to_vec(&state.dedup.save())?;
         crate::fsutil::write_atomic(&self.sm_dir.join(DEDUP_FILE), &table)?;
         let dir = File::open(&self.sm_dir)?;
         if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {

@@ -178,10 +178,18 @@ mod tests {
     use super::*;
 
     fn w(call: u64, ret: u64, v: u32) -> Op {
-        Op { call, ret, kind: Kind::Write(Some(v)) }
+        Op {
+            call,
+            ret,
+            kind: Kind::Write(Some(v)),
+        }
     }
     fn r(call: u64, ret: u64, v: Option<u32>) -> Op {
-        Op { call, ret, kind: Kind::Read(v) }
+        Op {
+            call,
+            ret,
+            kind: Kind::Read(v),
+        }
     }
 
     #[test]
@@ -234,9 +242,17 @@ mod tests {
     fn deletes_are_writes_of_absence() {
         let h = [
             w(0, 1, 1),
-            Op { call: 2, ret: 3, kind: Kind::Write(None) },
+            Op {
+                call: 2,
+                ret: 3,
+                kind: Kind::Write(None),
+            },
             r(4, 5, None),
-            Op { call: 6, ret: 7, kind: Kind::Read(None) },
+            Op {
+                call: 6,
+                ret: 7,
+                kind: Kind::Read(None),
+            },
         ];
         assert_eq!(check(&h, Some(7)), Ok(()));
         assert!(check(&[r(0, 1, None)], Some(7)).is_err());

@@ -119,8 +119,17 @@ impl Client {
     }
 
     fn record(&self, key: usize, call: u64, ret: Option<u64>, what: What) {
+        self.record_at(key, call, ret, what, "");
+    }
+
+    /// [`record`](Self::record) naming the node that answered.
+    fn record_at(&self, key: usize, call: u64, ret: Option<u64>, what: What, node: &str) {
+        let client = match node.rsplit_once(':').and_then(|(host, _)| host.rsplit_once('.')) {
+            Some((_, last)) => format!("{}@{last}", self.name),
+            None => self.name.clone(),
+        };
         self.history.add(Record {
-            client: self.name.clone(),
+            client,
             key,
             call,
             ret,
@@ -155,14 +164,14 @@ impl Client {
             55..85 => {
                 if let Some(seen) = read_answer(request(&node, "GET", &path, &[], b"", timeout)) {
                     let ret = self.history.now();
-                    self.record(key, call, Some(ret), What::Read(seen));
+                    self.record_at(key, call, Some(ret), What::Read(seen), &node);
                 }
             }
             _ => {
                 let stale = format!("{path}?consistency=stale");
                 if let Some(seen) = read_answer(request(&node, "GET", &stale, &[], b"", timeout)) {
                     let ret = self.history.now();
-                    self.record(key, call, Some(ret), What::StaleRead(seen));
+                    self.record_at(key, call, Some(ret), What::StaleRead(seen), &node);
                 }
             }
         }
@@ -193,7 +202,11 @@ impl Client {
                 Err(_) => sent = true,
             }
             if Instant::now() > deadline {
-                return if sent { Outcome::Unknown } else { Outcome::Done(0, self.history.now()) };
+                return if sent {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Done(0, self.history.now())
+                };
             }
             std::thread::sleep(Duration::from_millis(50 + self.rng.below(150)));
         }
@@ -261,7 +274,9 @@ fn fuse_write(history: &History, file: &std::path::Path, value: &[u8]) -> Outcom
         .truncate(true)
         .open(file);
     // Nothing is proposed before the first fsync/close: a failure up to there is definite.
-    let Ok(mut f) = opened else { return Outcome::Done(0, 0) };
+    let Ok(mut f) = opened else {
+        return Outcome::Done(0, 0);
+    };
     if f.write_all(value).is_err() {
         return Outcome::Done(0, 0);
     }

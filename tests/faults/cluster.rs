@@ -82,7 +82,9 @@ impl FaultCluster {
                 "--cluster-token".into(),
                 "fault-suite".into(),
             ];
-            let mount = opts.fuse.then(|| cluster.tmp.path().join(format!("mnt.{}", i + 1)));
+            let mount = opts
+                .fuse
+                .then(|| cluster.tmp.path().join(format!("mnt.{}", i + 1)));
             if let Some(m) = &mount {
                 std::fs::create_dir_all(m).unwrap();
                 args.extend(["--mount".into(), m.display().to_string()]);
@@ -222,16 +224,22 @@ impl FaultCluster {
     /// Waits until one leader has every node as a member and every node applied its commit.
     pub fn wait_converged(&self) {
         let n = self.nodes.len();
-        wait_for(Duration::from_secs(60), "every node to apply the leader's commits", || {
-            let l = self.leader()?;
-            let commit = self.status(l)?["commit_index"].as_u64()?;
-            (0..n).all(|i| {
-                self.status(i).is_some_and(|s| {
-                    s["applied_index"].as_u64() == Some(commit) && s["leader"] == self.nodes[l].addr.as_str()
-                })
-            })
-            .then_some(())
-        });
+        wait_for(
+            Duration::from_secs(60),
+            "every node to apply the leader's commits",
+            || {
+                let l = self.leader()?;
+                let commit = self.status(l)?["commit_index"].as_u64()?;
+                (0..n)
+                    .all(|i| {
+                        self.status(i).is_some_and(|s| {
+                            s["applied_index"].as_u64() == Some(commit)
+                                && s["leader"] == self.nodes[l].addr.as_str()
+                        })
+                    })
+                    .then_some(())
+            },
+        );
     }
 
     /// The directory that fills up in the disk-full scenario, if this cluster has one.

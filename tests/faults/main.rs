@@ -21,11 +21,11 @@ mod rng;
 mod verify;
 
 use clients::{Client, History, Record, Via, What};
-use cluster::{FaultCluster, Options, request};
+use cluster::{request, FaultCluster, Options};
 use nemesis::Fault;
 use rng::Rng;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One scenario at a time: five nodes and a dozen clients already fill two cores.
@@ -76,7 +76,12 @@ fn crashes_and_restarts() {
     run(&Scenario {
         name: "crashes_and_restarts",
         nodes: 3,
-        faults: &[Fault::KillLeader, Fault::KillLeader, Fault::KillOne, Fault::RestartAll],
+        faults: &[
+            Fault::KillLeader,
+            Fault::KillLeader,
+            Fault::KillOne,
+            Fault::RestartAll,
+        ],
         fuse: true,
         small_disk: false,
     });
@@ -153,7 +158,15 @@ fn run_seed(s: &Scenario, seed: u64) {
         extra,
     });
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
-    let (code, _) = request(&addrs[0], "PUT", "/files/fault/ready", &[], b"", Duration::from_secs(10)).unwrap();
+    let (code, _) = request(
+        &addrs[0],
+        "PUT",
+        "/files/fault/ready",
+        &[],
+        b"",
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(code, 200, "the first write");
 
     let history = History::new();
@@ -200,14 +213,19 @@ fn run_seed(s: &Scenario, seed: u64) {
             history.failed()
         ),
         _ => {
+            // Keep the nodes' logs for the post-mortem; the data directories go with the run.
+            let keep = std::env::temp_dir().join(format!("raftd-faults-{}-seed{seed}", s.name));
+            let _ = std::fs::create_dir_all(&keep);
             for (i, n) in cluster.nodes.iter().enumerate() {
-                let logs = n.logs();
-                let tail: Vec<&str> = logs.lines().rev().take(30).collect();
-                println!("--- node {} log (last lines, newest first):\n{}", i + 1, tail.join("\n"));
+                let _ = std::fs::write(keep.join(format!("node.{}.log", i + 1)), n.logs());
             }
+            println!("node logs kept in {}", keep.display());
         }
     }
-    let exited: Vec<&String> = timeline.iter().filter(|t| t.contains("exited on its own")).collect();
+    let exited: Vec<&String> = timeline
+        .iter()
+        .filter(|t| t.contains("exited on its own"))
+        .collect();
     assert!(
         s.small_disk || exited.is_empty(),
         "{} seed {seed}: a node stopped without being killed: {exited:?}",
@@ -285,7 +303,11 @@ fn the_checker_catches_a_planted_stale_read_and_a_lost_write() {
     // The honest linearizable read on the cut-off follower must not show v1.
     let call = history.now();
     let (code, body) = request(&addr(follower, &cluster), "GET", &path, &[], b"", t).unwrap();
-    assert_ne!((code, body.as_slice()), (200, &b"v1"[..]), "a linearizable read was stale");
+    assert_ne!(
+        (code, body.as_slice()),
+        (200, &b"v1"[..]),
+        "a linearizable read was stale"
+    );
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     let honest = history.records();
     assert!(verify::check_history(&honest, 1).is_ok());
@@ -329,7 +351,10 @@ fn the_checker_catches_a_planted_stale_read_and_a_lost_write() {
         ret: Some(history.now()),
         what: What::Read(Some("v2".into())),
     });
-    assert!(verify::check_history(&lost, 1).is_err(), "a lost write went unnoticed");
+    assert!(
+        verify::check_history(&lost, 1).is_err(),
+        "a lost write went unnoticed"
+    );
 }
 
 fn record(history: &History, call: u64, what: What) {

@@ -73,9 +73,16 @@ fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut Rng) -> (String, R
     let any = rng.below(n as u64) as usize;
     match fault {
         Fault::IsolateOne | Fault::IsolateLeader => {
-            let i = if fault == Fault::IsolateOne { any } else { leader_or_any(cluster, rng) };
+            let i = if fault == Fault::IsolateOne {
+                any
+            } else {
+                leader_or_any(cluster, rng)
+            };
             cluster.net.partition(&[i]);
-            (format!("{fault:?}: node {} cut from the others", i + 1), Repair::Heal)
+            (
+                format!("{fault:?}: node {} cut from the others", i + 1),
+                Repair::Heal,
+            )
         }
         Fault::SplitLeaderInMinority | Fault::SplitLeaderInMajority => {
             let leader = leader_or_any(cluster, rng);
@@ -92,12 +99,20 @@ fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut Rng) -> (String, R
             (format!("{fault:?}: nodes {side:?} | the rest"), Repair::Heal)
         }
         Fault::KillLeader | Fault::KillOne => {
-            let i = if fault == Fault::KillOne { any } else { leader_or_any(cluster, rng) };
+            let i = if fault == Fault::KillOne {
+                any
+            } else {
+                leader_or_any(cluster, rng)
+            };
             cluster.kill(i);
             (format!("{fault:?}: kill -9 node {}", i + 1), Repair::Restart(i))
         }
         Fault::PauseOne | Fault::PauseLeader => {
-            let i = if fault == Fault::PauseOne { any } else { leader_or_any(cluster, rng) };
+            let i = if fault == Fault::PauseOne {
+                any
+            } else {
+                leader_or_any(cluster, rng)
+            };
             cluster.pause(i);
             (format!("{fault:?}: SIGSTOP node {}", i + 1), Repair::Resume(i))
         }
@@ -108,14 +123,20 @@ fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut Rng) -> (String, R
             for i in 0..n {
                 cluster.start_node(i);
             }
-            ("RestartAll: kill -9 every node, start them all".into(), Repair::Nothing)
+            (
+                "RestartAll: kill -9 every node, start them all".into(),
+                Repair::Nothing,
+            )
         }
         Fault::FillDisk => {
             let dir = cluster.small_disk().expect("a small disk").to_path_buf();
             let leave = [64u64, 512, 3072][rng.below(3) as usize] << 10;
             let hog = dir.join("hog");
             fill(&hog, leave);
-            (format!("FillDisk: {} KiB left free", leave >> 10), Repair::FreeDisk(hog))
+            (
+                format!("FillDisk: {} KiB left free", leave >> 10),
+                Repair::FreeDisk(hog),
+            )
         }
     }
 }

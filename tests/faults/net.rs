@@ -77,17 +77,35 @@ impl Net {
         ip(&["-n", &hub, "link", "set", "br0", "up"]);
         // The test's own leg: host side in this namespace, the other end on the bridge.
         let host_leg = format!("{}c", net.tag);
-        ip(&["link", "add", &host_leg, "type", "veth", "peer", "name", "client", "netns", &hub]);
+        ip(&[
+            "link", "add", &host_leg, "type", "veth", "peer", "name", "client", "netns", &hub,
+        ]);
         ip(&["-n", &hub, "link", "set", "client", "master", "br0", "up"]);
-        ip(&["addr", "add", &format!("{}/24", net.host_addr()), "dev", &host_leg]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", net.host_addr()),
+            "dev",
+            &host_leg,
+        ]);
         ip(&["link", "set", &host_leg, "up"]);
         for i in 0..nodes {
             let ns = net.ns(i);
             let port = format!("n{i}");
             ip(&["netns", "add", &ns]);
-            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
             ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.addr(i)), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             let handle = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the namespace");
@@ -138,13 +156,27 @@ impl Net {
         if a == b || !self.cut.insert(pair) {
             return;
         }
-        ip(&["-n", &self.ns(a), "route", "add", "blackhole", &format!("{}/32", self.addr(b))]);
-        ip(&["-n", &self.ns(b), "route", "add", "blackhole", &format!("{}/32", self.addr(a))]);
+        ip(&[
+            "-n",
+            &self.ns(a),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.addr(b)),
+        ]);
+        ip(&[
+            "-n",
+            &self.ns(b),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.addr(a)),
+        ]);
     }
 
     /// Splits the nodes into `side` and the rest: every link across is cut.
     pub fn partition(&mut self, side: &[usize]) {
-        for a in side.to_vec() {
+        for &a in side {
             for b in 0..self.nodes {
                 if !side.contains(&b) {
                     self.cut(a, b);
@@ -156,8 +188,22 @@ impl Net {
     /// Restores every cut link.
     pub fn heal(&mut self) {
         for (a, b) in std::mem::take(&mut self.cut) {
-            ip(&["-n", &self.ns(a), "route", "del", "blackhole", &format!("{}/32", self.addr(b))]);
-            ip(&["-n", &self.ns(b), "route", "del", "blackhole", &format!("{}/32", self.addr(a))]);
+            ip(&[
+                "-n",
+                &self.ns(a),
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.addr(b)),
+            ]);
+            ip(&[
+                "-n",
+                &self.ns(b),
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.addr(a)),
+            ]);
         }
     }
 }
@@ -188,7 +234,9 @@ fn sweep_leftovers() {
     let mut dead = BTreeSet::new();
     for line in list.unwrap_or_default().lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("rf") else { continue };
+        let Some(rest) = name.strip_prefix("rf") else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let gone = |pid: &u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
         if let Some(pid) = pid.parse::<u32>().ok().filter(gone) {

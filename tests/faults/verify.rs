@@ -57,7 +57,11 @@ pub fn check_history(records: &[Record], keys: usize) -> Result<Counts, String> 
                     continue;
                 }
             };
-            ops.push(Op { call: r.call, ret, kind });
+            ops.push(Op {
+                call: r.call,
+                ret,
+                kind,
+            });
         }
         checker::check(&ops, None).map_err(|e| {
             let mut shown = mine.clone();
@@ -66,7 +70,7 @@ pub fn check_history(records: &[Record], keys: usize) -> Result<Counts, String> 
                 .iter()
                 .map(|r| format!("  {} {:>14} {:>20?} {:?}", r.client, r.call, r.ret, r.what))
                 .collect();
-            format!("key k{key}: {e}\n(values: {ids:?})\nthe key's history:\n{}", lines.join("\n"))
+            format!("key k{key}: {e}\nthe key's history:\n{}", lines.join("\n"))
         })?;
         for r in stale {
             check_stale(&mine, r).map_err(|e| format!("key k{key}: {e}"))?;
@@ -77,7 +81,9 @@ pub fn check_history(records: &[Record], keys: usize) -> Result<Counts, String> 
 
 /// A stale read may lag, but must show nothing that was never written, or written later.
 fn check_stale(history: &[&Record], read: &Record) -> Result<(), String> {
-    let What::StaleRead(Some(seen)) = &read.what else { return Ok(()) };
+    let What::StaleRead(Some(seen)) = &read.what else {
+        return Ok(());
+    };
     let ret = read.ret.unwrap_or(u64::MAX);
     let written = history
         .iter()
@@ -85,7 +91,9 @@ fn check_stale(history: &[&Record], read: &Record) -> Result<(), String> {
     if written {
         Ok(())
     } else {
-        Err(format!("stale read {read:?} shows a value no write had begun to write"))
+        Err(format!(
+            "stale read {read:?} shows a value no write had begun to write"
+        ))
     }
 }
 
@@ -100,10 +108,17 @@ pub fn check_replicas(cluster: &FaultCluster, commit: u64) -> Result<String, Str
                 .chain(trees[0].keys())
                 .filter(|k| t.get(*k) != trees[0].get(*k))
                 .collect();
-            return Err(format!("files/ of node {} differs from node 1's at {differ:?}", i + 1));
+            return Err(format!(
+                "files/ of node {} differs from node 1's at {differ:?}",
+                i + 1
+            ));
         }
     }
-    let logs: Vec<_> = cluster.nodes.iter().map(|n| log_lines(&n.dir.join("log"))).collect();
+    let logs: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| log_lines(&n.dir.join("log")))
+        .collect();
     let mut compared = 0;
     for index in 1..=commit {
         let lines: Vec<(usize, &String)> = logs

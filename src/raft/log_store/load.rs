@@ -1,5 +1,6 @@
-//! Loading the log file: every line verified, a torn last line dropped, anything else that
-//! is wrong refused with the file, line and index; and rewriting the kept tail after a purge.
+//! Loading the log file: every line verified, a torn tail dropped (a damaged last line, or
+//! a damaged region that can only be unsynced appends), anything else that is wrong refused
+//! with the file, line and index; and rewriting the kept tail after a purge.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -36,8 +37,8 @@ pub(super) fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
         let at_end = reader.fill_buf().map(|b| b.is_empty()).unwrap_or(false);
         let header = match log_format::decode_header(&line) {
             Ok(h) => h,
-            Err(e) if at_end => {
-                warn!(path = %path.display(), line = line_no, cause = %e, "dropping torn last log line");
+            Err(e) if at_end || torn_from_here(&line, &mut reader)? => {
+                warn!(path = %path.display(), line = line_no, cause = %e, "dropping the torn tail of the log from this line");
                 log.file
                     .set_len(offset)
                     .context(|| format!("truncate {}", path.display()))?;
@@ -78,6 +79,33 @@ impl LogFile {
             entries: VecDeque::new(),
             end: 0,
             last_purged,
+        }
+    }
+}
+
+/// Whether a damaged line that is not the last starts a torn tail: what a crash leaves when
+/// pages of the last, unsynced appends reach the disk out of order — as etcd's WAL reasons.
+///
+/// Zeros (a page whose data never reached the disk: no valid line holds a NUL) prove the line
+/// was never covered by a completed fsync; every byte after it was written later, so it was
+/// not synced either, and nothing from here on was acknowledged. Damage without zeros (stale
+/// garbage) counts as torn only if no valid line follows; a valid line after it means damage
+/// inside synced data, which is refused, never silently dropped.
+fn torn_from_here(line: &[u8], rest: &mut impl BufRead) -> Result<bool> {
+    if line.contains(&0) {
+        return Ok(true);
+    }
+    let mut next = Vec::new();
+    loop {
+        next.clear();
+        let n = rest
+            .read_until(b'\n', &mut next)
+            .context(|| "read the log after a damaged line".into())?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if log_format::decode_header(&next).is_ok() {
+            return Ok(false);
         }
     }
 }

@@ -139,6 +139,50 @@ async fn torn_last_line_is_dropped() {
     );
 }
 
+/// Pages of the last appends reaching the disk out of order: a zero-filled page before lines
+/// that did land. Nothing from the zeros on can have been synced, so it is all a torn tail.
+#[tokio::test]
+async fn zeros_before_the_last_line_are_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&mut LogStore::open(dir.path()).unwrap(), 0..6, 1).await;
+    let path = dir.path().join(LOG_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let third: usize = lines(dir.path())[..3].iter().map(|l| l.len() + 1).sum();
+    let fourth_len = lines(dir.path())[3].len();
+    bytes[third..third + fourth_len].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let store = LogStore::open(dir.path());
+    let mut store = store.expect("a torn tail must not stop the node");
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(1, 2)),
+        "entries from the zeros on are dropped, the lines after them too"
+    );
+    assert_eq!(lines(dir.path()).len(), 3);
+    append(&mut store, 3..4, 2).await;
+    assert_eq!(lines(dir.path()).len(), 4);
+}
+
+/// Garbage (no zeros) with only more damage after it is a torn tail; with a valid line after
+/// it, it is damage inside synced data and refused (below).
+#[tokio::test]
+async fn garbage_to_the_end_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&mut LogStore::open(dir.path()).unwrap(), 0..3, 1).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(LOG_FILE))
+        .unwrap();
+    f.write_all(b"stale garbage line\nmore of it\nand the end")
+        .unwrap();
+    drop(f);
+    let mut store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(1, 2))
+    );
+}
+
 #[tokio::test]
 async fn damage_before_the_end_refuses_to_load() {
     let dir = tempfile::tempdir().unwrap();

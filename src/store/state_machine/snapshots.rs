@@ -36,7 +36,7 @@ impl Shared {
             };
             Header {
                 meta,
-                dedup: state.dedup.to_vec(),
+                dedup: state.dedup.save(),
             }
         };
         let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
@@ -125,7 +125,7 @@ impl Shared {
             None => {
                 fs::create_dir_all(restore.join("files"))?;
                 fs::create_dir_all(restore.join("uploads"))?;
-                Vec::new()
+                Default::default()
             }
         };
         fs::create_dir_all(&trash)?;
@@ -141,7 +141,7 @@ impl Shared {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
-            state.dedup = Dedup::from_vec(dedup);
+            state.dedup = Dedup::restore(dedup);
             state.save_marker()?;
             state.marker_file.sync_all()?;
         }
