@@ -146,3 +146,52 @@ async fn an_isolated_leader_refuses_at_once_and_the_majority_moves_on() {
     assert_ne!(new, old);
     c.stop().await;
 }
+
+/// A directory listing on a node's FUSE mount begins with the read barrier, like an open: a
+/// follower cut off from the leader refuses to list (EIO) instead of showing a listing without
+/// what the cluster committed meanwhile, and lists it once the link is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_on_a_mount_sees_what_others_committed() {
+    if !std::path::Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: FUSE mounts need /dev/fuse and root");
+        return;
+    }
+    let c = InProc::start(3, |config| {
+        fast(config);
+        let mount = std::path::PathBuf::from(format!("{}.mnt", config.data_dir.display()));
+        std::fs::create_dir_all(&mount).unwrap();
+        config.mount = Some(mount);
+    })
+    .await;
+    let leader = c.leader().await;
+    let f = c.others(leader)[0];
+    let mount = c.tmp.path().join(format!("node.{}.mnt", f + 1));
+    let list = move || {
+        let mount = mount.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::read_dir(&mount).map(|d| {
+                let mut names: Vec<String> = d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                names.sort();
+                names
+            })
+        })
+    };
+    assert_eq!(list().await.unwrap().unwrap(), Vec::<String>::new());
+    c.cut(f, leader);
+    c.node(leader)
+        .write_file("fresh", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let refused = list().await.unwrap().unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EIO), "{refused}");
+    c.heal(f, leader);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match list().await.unwrap() {
+            Ok(names) if names == ["fresh"] => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop().await;
+}

@@ -406,3 +406,45 @@ fn close_fails_without_quorum_and_mounts_recover() {
     });
     assert!(!is_mounted(&m[a]), "unmounted on SIGTERM");
 }
+
+/// A file deleted or renamed on another node while open for writing here is not re-created
+/// under its old name when the writer closes (its contents go, as an unlinked file's do).
+#[test]
+fn a_file_removed_elsewhere_while_open_is_not_resurrected() {
+    if !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(&[]);
+    let leader = c.wait_leader();
+    let here = c.followers(leader)[0];
+    for name in ["deleted", "renamed"] {
+        assert_eq!(c.nodes[leader].post(&format!("/files/{name}"), b"original").0, 200);
+        c.wait_replicated(here, name, b"original");
+    }
+    let open = |name: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m[here].join(name))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b" and more").unwrap();
+        f
+    };
+    let (deleted, renamed) = (open("deleted"), open("renamed"));
+    assert_eq!(c.nodes[leader].delete("/files/deleted").0, 200);
+    // In this process: a child's exec would close its copies of the open files, and each close
+    // flushes (commits) the writer.
+    std::fs::rename(m[leader].join("renamed"), m[leader].join("moved")).unwrap();
+    c.wait_replicated(here, "moved", b"original");
+    // Closing succeeds (the data of a removed file is dropped, as POSIX does for an unlinked
+    // one) and neither old name comes back, on any node.
+    deleted.sync_all().unwrap();
+    renamed.sync_all().unwrap();
+    drop((deleted, renamed));
+    let leader = c.wait_leader();
+    for n in &c.nodes {
+        assert_eq!(n.get("/files/deleted").0, 404, "{}", n.name);
+        assert_eq!(n.get("/files/renamed").0, 404, "{}", n.name);
+        assert_eq!(n.get("/files/moved"), (200, b"original".to_vec()), "{}", n.name);
+    }
+    assert_eq!(c.nodes[leader].get("/files/deleted").0, 404);
+}

@@ -102,7 +102,8 @@ fn command() -> impl Strategy<Value = Command> {
             filename: n,
             data: d,
             mtime: 1,
-            req: None
+            req: None,
+            existing: false,
         })),
         name().prop_map(|n| Command::Delete(Delete {
             filename: n,
@@ -128,7 +129,8 @@ fn command() -> impl Strategy<Value = Command> {
             upload,
             filename,
             mtime: 3,
-            req: None
+            req: None,
+            existing: false,
         })),
     ]
 }

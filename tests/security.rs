@@ -46,6 +46,7 @@ fn escapes() -> Vec<Command> {
             data: Data(b"x".to_vec()),
             mtime: 0,
             req: None,
+            existing: false,
         })
     };
     vec![
@@ -443,6 +444,7 @@ fn malformed_and_oversized_peer_messages_are_refused() {
         data: Data(vec![b'x'; 1001]),
         mtime: 0,
         req: None,
+        existing: false,
     });
     assert_eq!(post("/raft/propose", &serde_json::to_vec(&big).unwrap()).0, 413);
     // Membership: a join name that is not host:port, removing the last voter.

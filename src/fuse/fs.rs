@@ -411,6 +411,21 @@ impl Filesystem for RaftFs {
         self.commit_then(fh, true, reply);
     }
 
+    /// Like `open`, a listing begins with the read barrier: it shows every name committed
+    /// anywhere before `opendir` (`ls` after another node's `close` sees the file).
+    fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
+        if self.shared.stale_reads {
+            return reply.opened(0, 0);
+        }
+        let shared = self.shared.clone();
+        self.later(async move {
+            match shared.node.read_barrier().await {
+                Ok(()) => reply.opened(0, 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
         let shared = &self.shared;
         let path = match shared.path(ino) {

@@ -38,6 +38,9 @@ pub(crate) struct Writer {
     /// version reuses the id, so a first attempt that did commit (its answer lost to a
     /// timeout) is answered, not applied a second time over someone else's later write.
     attempt: Option<(u64, RequestId)>,
+    /// The file exists in the cluster (it did at open, or a commit created it): commits must
+    /// find it there, so a delete or rename on another node is not undone by re-creating it.
+    existed: bool,
 }
 
 impl Writer {
@@ -65,6 +68,8 @@ pub(crate) struct Pending {
     pub version: u64,
     /// The same for every attempt to commit this version.
     pub req: RequestId,
+    /// The commit must find the file in place (see `Writer::existed`).
+    pub existing: bool,
 }
 
 impl Handle {
@@ -147,6 +152,7 @@ impl Handle {
                     mtime: w.mtime,
                     version: w.version,
                     req,
+                    existing: w.existed,
                 }))
             }
             _ => Ok(None),
@@ -156,6 +162,7 @@ impl Handle {
     /// Marks the handle clean after `version` committed, unless it changed meanwhile.
     pub(crate) fn committed(&mut self, version: u64) {
         if let Handle::Write(w) = self {
+            w.existed = true;
             if w.version == version {
                 w.dirty = false;
                 w.mtime = None;
@@ -261,6 +268,7 @@ impl Handles {
             .create(true)
             .truncate(true)
             .open(&buffer_path)?;
+        let existed = committed.is_some();
         if let (false, Some(mut committed)) = (truncate, committed) {
             io::copy(&mut committed, &mut buffer)?;
         }
@@ -272,6 +280,7 @@ impl Handles {
             version: 0,
             mtime: None,
             attempt: None,
+            existed,
         }))
     }
 }

@@ -14,7 +14,7 @@ use super::handles::{self, locked, Handle, Handles};
 use super::inodes::{attr, Inodes};
 use crate::error::{Error, FileError, Result};
 use crate::names::{self, child_path};
-use crate::node::Node;
+use crate::node::{How, Node};
 use crate::store::Stat;
 
 /// State shared by the request loop and the tasks that reply later.
@@ -176,13 +176,27 @@ impl Shared {
             .take_pending()
             .map_err(|e| Error::io("clone write buffer", e))?;
         let Some(pending) = pending else { return Ok(()) };
-        let path = self
-            .path(pending.ino)
-            .map_err(|_| FileError::NotFound(format!("inode {}", pending.ino)))?;
-        debug!(path, "commit");
-        self.node
-            .write_file_from(&path, &pending.contents, pending.mtime, Some(pending.req))
-            .await?;
+        let how = How {
+            mtime: pending.mtime.unwrap_or(0),
+            req: Some(pending.req),
+            existing: pending.existing,
+        };
+        // Unlinked through this mount while open: like a local file, its data goes with it.
+        let written = match self.path(pending.ino) {
+            Ok(path) => {
+                debug!(path, "commit");
+                self.node.write_file_from(&path, &pending.contents, how).await
+            }
+            Err(_) => Ok(()),
+        };
+        match written {
+            Ok(()) => {}
+            // Deleted or renamed away on another node while open here: not re-created.
+            Err(Error::File(FileError::NotFound(why))) if pending.existing => {
+                debug!(why, "contents of a file removed while open dropped");
+            }
+            Err(e) => return Err(e),
+        }
         locked(handle).committed(pending.version);
         Ok(())
     }

@@ -74,7 +74,7 @@ impl Node {
     pub(crate) async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
         self.check_leader()?;
         match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index)),
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).max(self.started_at_log)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                 Err(Refusal::Unavailable(format!("no quorum: {e}")))

@@ -37,6 +37,17 @@ use crate::raft::{NodeId, Raft};
 use crate::store::snapshot::Validator;
 use crate::store::{files, FileStore};
 
+/// How a whole-file write is proposed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct How {
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime: u64,
+    /// The request id a retry reuses, so a write that did commit is answered, not applied again.
+    pub req: Option<RequestId>,
+    /// Write only if the file exists (see [`Write::existing`]).
+    pub existing: bool,
+}
+
 /// A join request: the new member's id and advertised name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -98,6 +109,12 @@ pub struct Node {
     /// The snapshot being received from the leader, checked piece by piece before openraft
     /// stores it. std lock: held only while checking one piece.
     incoming_snapshot: std::sync::Mutex<Option<(String, Validator)>>,
+    /// The last log index when this process started. openraft restarts a former leader as
+    /// leader in the same term, without knowing how far it had committed: its read index
+    /// (the commit index, or its term's first entry) can then be below writes it acknowledged
+    /// before the crash. A read index is never below this, so a linearizable read after a
+    /// restart waits until those entries are committed and applied.
+    started_at_log: Option<u64>,
 }
 
 impl Node {
@@ -111,6 +128,7 @@ impl Node {
         config: Config,
     ) -> Self {
         let name = config.name();
+        let started_at_log = log.last_index();
         Node {
             id,
             name,
@@ -121,6 +139,7 @@ impl Node {
             config,
             removed: Default::default(),
             incoming_snapshot: Default::default(),
+            started_at_log,
         }
     }
 
@@ -203,22 +222,19 @@ impl Node {
         names::validate(name)?;
         let mut pieces = body.chunks(self.config.chunk_size.max(1));
         let next = || Ok(pieces.next().map(<[u8]>::to_vec));
-        self.write_pieces(name, body.len() as u64, files::now_nanos(), req, next)
-            .await
+        let how = How {
+            mtime: files::now_nanos(),
+            req,
+            existing: false,
+        };
+        self.write_pieces(name, body.len() as u64, how, next).await
     }
 
     /// Replaces a whole file with the contents of a local file, reading one chunk at a time so
     /// memory stays bounded whatever the size (FUSE buffers writes in such files).
-    /// `mtime` defaults to now; `req` makes a retry exactly-once (see
-    /// [`write_file_with`](Self::write_file_with)).
+    /// See [`How`] for the options; `how.mtime` 0 means now.
     #[instrument(level = "debug", skip(self, file))]
-    pub async fn write_file_from(
-        &self,
-        name: &str,
-        file: &std::fs::File,
-        mtime: Option<u64>,
-        req: Option<RequestId>,
-    ) -> Result<()> {
+    pub async fn write_file_from(&self, name: &str, file: &std::fs::File, mut how: How) -> Result<()> {
         use std::os::unix::fs::FileExt;
         names::validate(name)?;
         let len = file
@@ -237,8 +253,10 @@ impl Node {
             offset += buf.len() as u64;
             Ok(Some(buf))
         };
-        self.write_pieces(name, len, mtime.unwrap_or_else(files::now_nanos), req, next)
-            .await
+        if how.mtime == 0 {
+            how.mtime = files::now_nanos();
+        }
+        self.write_pieces(name, len, how, next).await
     }
 
     /// One `file:write` when `len` fits in an entry; else `file:chunk`s and a `file:commit`
@@ -247,8 +265,7 @@ impl Node {
         &self,
         name: &str,
         len: u64,
-        mtime: u64,
-        req: Option<RequestId>,
+        how: How,
         mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
     ) -> Result<()> {
         if len <= self.config.chunk_size as u64 {
@@ -258,12 +275,13 @@ impl Node {
                 .propose(Command::Write(Write {
                     filename,
                     data,
-                    mtime,
-                    req,
+                    mtime: how.mtime,
+                    req: how.req,
+                    existing: how.existing,
                 }))
                 .await;
         }
-        self.write_chunked(name, mtime, req, next).await
+        self.write_chunked(name, how, next).await
     }
 
     /// `file:chunk`s staging the pieces under a fresh upload id, then a `file:commit`; if any
@@ -271,10 +289,10 @@ impl Node {
     async fn write_chunked(
         &self,
         name: &str,
-        mtime: u64,
-        req: Option<RequestId>,
+        how: How,
         mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
     ) -> Result<()> {
+        let How { mtime, req, existing } = how;
         let upload: u64 = rand::random();
         let staged = async {
             let mut seq = 0;
@@ -289,6 +307,7 @@ impl Node {
                 filename,
                 mtime,
                 req,
+                existing,
             }))
             .await
         };
@@ -299,6 +318,7 @@ impl Node {
                 filename: None,
                 mtime,
                 req: None,
+                existing: false,
             };
             if let Err(e) = self.propose(Command::Commit(abort)).await {
                 debug!(cause = %e, upload, "could not abort upload");

@@ -83,6 +83,14 @@ pub struct Write {
     /// Retry de-duplication id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req: Option<RequestId>,
+    /// Apply only if the file exists: a FUSE writer of a file that existed when it opened must
+    /// not re-create it after a delete or rename elsewhere (it fails with not-found instead).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub existing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// Remove a file (not a directory).
@@ -154,6 +162,9 @@ pub struct Commit {
     /// Retry de-duplication id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req: Option<RequestId>,
+    /// As [`Write::existing`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub existing: bool,
 }
 
 /// One replicated file operation; the variant decides the log line's command name.
@@ -299,6 +310,7 @@ mod tests {
             data: Data(b"BAR".to_vec()),
             mtime: 7,
             req: None,
+            existing: false,
         });
         assert_eq!(c.name(), "file:write");
         assert_eq!(
@@ -315,6 +327,7 @@ mod tests {
             data: Data(bytes.clone()),
             mtime: 0,
             req: Some(3),
+            existing: false,
         });
         let json = c.body_json().unwrap();
         assert!(json.contains("content_b64"), "{json}");

@@ -139,6 +139,7 @@ mod tests {
                 data: Data(content.to_vec()),
                 mtime: 1,
                 req: None,
+                existing: false,
             })),
         }
     }

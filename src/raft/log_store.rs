@@ -176,6 +176,12 @@ impl LogStore {
 }
 
 impl LogReader {
+    /// The index of the last entry in the log (purged ones count), if any.
+    pub fn last_index(&self) -> Option<u64> {
+        let log = self.shared.log.read().expect("log lock poisoned");
+        log.last_log_id().map(|id| id.index)
+    }
+
     /// The highest index known committed (as openraft last saved it), if any.
     pub fn committed(&self) -> Option<u64> {
         self.shared.committed.load(Ordering::Relaxed).checked_sub(1)

@@ -176,6 +176,7 @@ impl Tree {
     /// Applies one command; `tag` (the entry's index) names its temp file.
     pub fn apply(&self, cmd: &Command, tag: u64) -> Applied {
         match cmd {
+            Command::Write(c) if c.existing && self.files.stat(&c.filename).is_err() => Ok(Err(gone(&c.filename))),
             Command::Write(c) => self.write(&c.filename, &c.data, c.mtime, tag),
             Command::Delete(c) => self.delete(&c.filename),
             Command::Mkdir(c) => self.mkdir(&c.dirname, c.mtime),
@@ -287,6 +288,13 @@ impl Tree {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
         }
+        if commit.existing && self.files.stat(name).is_err() {
+            let dropped = Commit {
+                filename: None,
+                ..commit.clone()
+            };
+            return self.commit(&dropped, tag).map(|_| Err(gone(name)));
+        }
         let mut pieces = match fs::read_dir(&dir) {
             Ok(entries) => entries
                 .map(|e| e.map(|e| e.path()))
@@ -311,6 +319,11 @@ impl Tree {
         fs::remove_dir_all(&dir)?;
         Ok(result)
     }
+}
+
+/// Why a write of a file that had to exist did nothing.
+fn gone(name: &str) -> FileError {
+    FileError::NotFound(format!("{name} was deleted or renamed while open for writing"))
 }
 
 #[cfg(test)]
@@ -367,6 +380,7 @@ mod tests {
                 filename: Some(bad.into()),
                 mtime: 0,
                 req: None,
+                existing: false,
             };
             assert!(refused(tree.commit(&commit, 2)), "commit {bad:?}");
         }

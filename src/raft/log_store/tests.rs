@@ -33,6 +33,7 @@ fn entry(term: u64, index: u64) -> Entry {
             data: Data(format!("v{index}").into_bytes()),
             mtime: 0,
             req: None,
+            existing: false,
         })),
     }
 }
@@ -98,6 +99,7 @@ async fn reads_are_capped_in_bytes_but_never_empty() {
             data: Data(vec![b'x'; (MAX_READ_BYTES / 2) as usize]),
             mtime: 0,
             req: None,
+            existing: false,
         })),
     };
     store.blocking_append((0..4).map(big)).await.unwrap();
