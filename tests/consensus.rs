@@ -170,7 +170,8 @@ async fn a_listing_on_a_mount_sees_what_others_committed() {
         let mount = mount.clone();
         tokio::task::spawn_blocking(move || {
             std::fs::read_dir(&mount).map(|d| {
-                let mut names: Vec<String> = d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                let mut names: Vec<String> =
+                    d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
                 names.sort();
                 names
             })

@@ -418,7 +418,10 @@ fn a_file_removed_elsewhere_while_open_is_not_resurrected() {
     let leader = c.wait_leader();
     let here = c.followers(leader)[0];
     for name in ["deleted", "renamed"] {
-        assert_eq!(c.nodes[leader].post(&format!("/files/{name}"), b"original").0, 200);
+        assert_eq!(
+            c.nodes[leader].post(&format!("/files/{name}"), b"original").0,
+            200
+        );
         c.wait_replicated(here, name, b"original");
     }
     let open = |name: &str| {

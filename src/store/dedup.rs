@@ -36,6 +36,11 @@ pub(crate) struct Dedup {
 }
 
 impl Dedup {
+    /// The log's clock: the newest command time applied (nanoseconds since the epoch).
+    pub(crate) fn clock(&self) -> u64 {
+        self.clock
+    }
+
     /// The first result of request `id`, if it is remembered.
     pub(crate) fn get(&self, id: RequestId) -> Option<&CommandResult> {
         self.results.get(&id)

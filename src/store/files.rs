@@ -176,7 +176,9 @@ impl Tree {
     /// Applies one command; `tag` (the entry's index) names its temp file.
     pub fn apply(&self, cmd: &Command, tag: u64) -> Applied {
         match cmd {
-            Command::Write(c) if c.existing && self.files.stat(&c.filename).is_err() => Ok(Err(gone(&c.filename))),
+            Command::Write(c) if c.existing && self.files.stat(&c.filename).is_err() => {
+                Ok(Err(gone(&c.filename)))
+            }
             Command::Write(c) => self.write(&c.filename, &c.data, c.mtime, tag),
             Command::Delete(c) => self.delete(&c.filename),
             Command::Mkdir(c) => self.mkdir(&c.dirname, c.mtime),
@@ -276,6 +278,36 @@ impl Tree {
         Ok(Ok(()))
     }
 
+    /// Records the log's clock in an upload's staging directory: its last sign of life, for
+    /// [`reclaim_uploads`](Self::reclaim_uploads). A file of its own (written and renamed,
+    /// never rewritten in place) so it travels in snapshots like the pieces.
+    pub fn stamp_upload(&self, upload: u64, clock: u64) -> io::Result<()> {
+        let dir = self.upload_dir(upload);
+        let partial = dir.join(format!("{UPLOAD_STAMP}.partial"));
+        fs::write(&partial, clock.to_string())?;
+        fs::rename(&partial, dir.join(UPLOAD_STAMP))
+    }
+
+    /// Drops staged uploads whose stamp is more than `window` behind `clock`: a client that
+    /// died mid-upload leaves neither a commit nor an abort. Every replica decides from the
+    /// same stamps and the same clock at the same entry, so they drop the same uploads; an
+    /// upload without a stamp counts as stamped at 0. Returns how many were dropped.
+    pub fn reclaim_uploads(&self, clock: u64, window: u64) -> io::Result<usize> {
+        let mut dropped = 0;
+        for entry in fs::read_dir(&self.uploads)? {
+            let dir = entry?.path();
+            let stamp = fs::read_to_string(dir.join(UPLOAD_STAMP))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if stamp.saturating_add(window) < clock {
+                fs::remove_dir_all(&dir)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
     /// `file:commit`: concatenate the staged pieces into `filename`, or drop them.
     pub fn commit(&self, commit: &Commit, tag: u64) -> Applied {
         let dir = self.upload_dir(commit.upload);
@@ -320,6 +352,9 @@ impl Tree {
         Ok(result)
     }
 }
+
+/// The file in an upload's staging directory holding its last chunk's log clock.
+const UPLOAD_STAMP: &str = "clock.stamp";
 
 /// Why a write of a file that had to exist did nothing.
 fn gone(name: &str) -> FileError {

@@ -37,6 +37,14 @@ const CLEAN: &str = "clean";
 /// come back from here, or a retry would be applied again on this node only.
 const DEDUP_FILE: &str = "dedup";
 
+/// Staged uploads untouched this long by the log's clock are dropped (see
+/// [`Tree::reclaim_uploads`]); checked every [`RECLAIM_EVERY`] entries.
+pub(crate) const UPLOAD_WINDOW_NANOS: u64 = 60 * 60 * 1_000_000_000;
+
+/// How often, in log entries, abandoned uploads are looked for: at every index that is a
+/// multiple of this, the same entries on every replica.
+pub(crate) const RECLAIM_EVERY: u64 = 1024;
+
 /// What `sm/applied` records.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Marker {
@@ -236,6 +244,11 @@ impl Shared {
                                 .tree
                                 .apply(&cmd, entry.log_id.index)
                                 .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
+                            if let Command::Chunk(c) = &cmd {
+                                self.tree
+                                    .stamp_upload(c.upload, state.dedup.clock())
+                                    .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
+                            }
                             if let Some(id) = cmd.req() {
                                 state.dedup.insert(id, result.clone());
                             }
@@ -247,6 +260,15 @@ impl Shared {
                     }
                 }
             };
+            if entry.log_id.index % RECLAIM_EVERY == 0 {
+                let dropped = self
+                    .tree
+                    .reclaim_uploads(state.dedup.clock(), UPLOAD_WINDOW_NANOS)
+                    .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
+                if dropped > 0 {
+                    info!(dropped, index = entry.log_id.index, "dropped abandoned uploads");
+                }
+            }
             state.marker.last_applied = Some(entry.log_id);
             state
                 .save_marker()

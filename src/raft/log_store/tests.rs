@@ -317,3 +317,46 @@ fn an_unreadable_snapshot_is_set_aside_not_deleted() {
         "and kept across starts"
     );
 }
+
+/// A client that dies mid-upload leaves staged chunks with no commit or abort; an hour of the
+/// log's clock later they are dropped, at an entry every replica applies alike.
+#[tokio::test]
+async fn abandoned_uploads_are_reclaimed_by_the_logs_clock() {
+    use crate::raft::command::Chunk;
+    use crate::store::state_machine::{RECLAIM_EVERY, UPLOAD_WINDOW_NANOS};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sm, _) = StateMachine::open(dir.path()).unwrap();
+    let at = |index, time: u64| Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Write(Write {
+            filename: "clock".into(),
+            data: Data(Vec::new()),
+            mtime: time,
+            req: None,
+            existing: false,
+        })),
+    };
+    let chunk = |index, upload| Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Chunk(Chunk {
+            upload,
+            seq: 0,
+            data: Data(b"piece".to_vec()),
+        })),
+    };
+    let staged = |upload: u64| dir.path().join(format!("sm/uploads/{upload:016x}")).exists();
+    let t0 = 1_000 * UPLOAD_WINDOW_NANOS;
+    let r = RECLAIM_EVERY;
+    sm.apply([at(1, t0), chunk(2, 7)]).await.unwrap();
+    // Within the window: kept at the check.
+    sm.apply([at(r - 1, t0 + UPLOAD_WINDOW_NANOS), chunk(r, 8)])
+        .await
+        .unwrap();
+    assert!(staged(7) && staged(8));
+    // Past the window for upload 7 (stamped at t0), not for 8 (stamped later): only 7 goes,
+    // and only at the next check.
+    sm.apply([at(r + 1, t0 + UPLOAD_WINDOW_NANOS + 1)]).await.unwrap();
+    assert!(staged(7), "dropped only at a check entry");
+    sm.apply([at(2 * r, t0 + UPLOAD_WINDOW_NANOS + 1)]).await.unwrap();
+    assert!(!staged(7) && staged(8));
+}
