@@ -156,12 +156,17 @@ impl Tree {
         }
     }
 
-    /// Moves a complete temp file into place as `name`.
+    /// Moves a complete temp file into place as `name`, with its modification time set.
     fn install(&self, temp: &Path, name: &str, mtime: u64) -> Applied {
         File::options()
             .write(true)
             .open(temp)?
             .set_modified(time_from_nanos(mtime))?;
+        self.install_timed(temp, name)
+    }
+
+    /// [`install`](Self::install) for a temp file whose time is already set.
+    fn install_timed(&self, temp: &Path, name: &str) -> Applied {
         if let Err(e) = self.make_parents(name)? {
             let _ = fs::remove_file(temp);
             return Ok(Err(e));
@@ -195,9 +200,13 @@ impl Tree {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
         }
+        // One open: write the contents and set the time on the same descriptor.
         let temp = self.temp(tag);
-        fs::write(&temp, &data.0)?;
-        self.install(&temp, name, mtime)
+        let mut file = File::create(&temp)?;
+        io::Write::write_all(&mut file, &data.0)?;
+        file.set_modified(time_from_nanos(mtime))?;
+        drop(file);
+        self.install_timed(&temp, name)
     }
 
     /// `file:delete`: unlink a file.
