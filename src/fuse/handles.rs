@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::raft::command::RequestId;
+use crate::store::recycle::ReadFile;
 
 /// One open file.
 pub(crate) enum Handle {
     /// Opened for reading.
-    Read(File),
+    Read(ReadFile),
     /// Opened for writing.
     Write(Writer),
 }
@@ -260,7 +261,12 @@ impl Handles {
 
     /// A write handle for `ino`, starting from the `committed` contents unless `truncate`
     /// (or the file does not exist yet).
-    pub(crate) fn new_writer(&self, ino: u64, committed: Option<File>, truncate: bool) -> io::Result<Handle> {
+    pub(crate) fn new_writer(
+        &self,
+        ino: u64,
+        committed: Option<impl io::Read>,
+        truncate: bool,
+    ) -> io::Result<Handle> {
         let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
         let mut buffer = File::options()
             .read(true)

@@ -169,6 +169,25 @@ impl Beneath {
         Ok(rfs::renameat(rfs::CWD, source, dir, base)?)
     }
 
+    /// Swaps the file at `source` (outside the tree, same filesystem) with `name`:
+    /// `renameat2(RENAME_EXCHANGE)`. Both must exist; afterwards `source` holds the old file.
+    pub fn exchange(&self, source: &Path, name: &str) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        Ok(rfs::renameat_with(
+            rfs::CWD,
+            source,
+            dir,
+            base,
+            rfs::RenameFlags::EXCHANGE,
+        )?)
+    }
+
+    /// Moves `name` out of the tree to `dest` (a path outside it on the same filesystem).
+    pub fn take_out(&self, name: &str, dest: &Path) -> io::Result<()> {
+        let (dir, base) = self.parent(name)?;
+        Ok(rfs::renameat(dir, base, rfs::CWD, dest)?)
+    }
+
     /// Renames `from` to `to`, both beneath the root.
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from_dir, from_base) = self.parent(from)?;

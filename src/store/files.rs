@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
 use super::beneath::Beneath;
+use super::recycle::{ReadFile, Recycler};
 use crate::error::FileError;
 use crate::names;
 use crate::raft::command::{Chunk, Command, Commit, Data};
@@ -98,6 +99,8 @@ pub struct Tree {
     files: Beneath,
     /// Snapshots being archived from hard links of the tree right now.
     archiving: Arc<AtomicUsize>,
+    /// Old inodes kept for reuse, and who reads which.
+    recycler: Arc<Recycler>,
 }
 
 /// Marks a snapshot build in progress until dropped (see [`Tree::archiving`]).
@@ -120,6 +123,7 @@ impl Tree {
             tmp: data_dir.join("sm").join("tmp"),
             uploads: data_dir.join("sm").join("uploads"),
             archiving: Arc::default(),
+            recycler: Arc::default(),
         };
         let _ = fs::remove_dir_all(&tree.tmp);
         for dir in [&tree.root, &tree.tmp, &tree.uploads] {
@@ -134,6 +138,11 @@ impl Tree {
     pub fn archiving(&self) -> Archiving {
         self.archiving.fetch_add(1, Ordering::SeqCst);
         Archiving(self.archiving.clone())
+    }
+
+    /// Opens a file of the tree for reading; its inode is not reused while the handle lives.
+    pub fn open_read(&self, name: &str) -> io::Result<ReadFile> {
+        self.recycler.open_read(|| self.files.open_file(name))
     }
 
     /// The tree, for reads that must stay inside it.
@@ -165,11 +174,16 @@ impl Tree {
         self.install_timed(temp, name)
     }
 
-    /// [`install`](Self::install) for a temp file whose time is already set.
+    /// [`install`](Self::install) for a temp file whose time is already set. Replacing a
+    /// file swaps the two and keeps the old inode for reuse (see [`super::recycle`]).
     fn install_timed(&self, temp: &Path, name: &str) -> Applied {
         if let Err(e) = self.make_parents(name)? {
             let _ = fs::remove_file(temp);
             return Ok(Err(e));
+        }
+        if self.files.stat(name).is_ok_and(|m| m.is_file) && self.files.exchange(temp, name).is_ok() {
+            self.recycler.offer(temp.to_path_buf())?;
+            return Ok(Ok(()));
         }
         let result = settle(name, self.files.install(temp, name));
         if !matches!(result, Ok(Ok(()))) {
@@ -185,7 +199,7 @@ impl Tree {
                 Ok(Err(gone(&c.filename)))
             }
             Command::Write(c) => self.write(&c.filename, &c.data, c.mtime, tag),
-            Command::Delete(c) => self.delete(&c.filename),
+            Command::Delete(c) => self.delete(&c.filename, tag),
             Command::Mkdir(c) => self.mkdir(&c.dirname, c.mtime),
             Command::Rmdir(c) => self.rmdir(&c.dirname),
             Command::Rename(c) => self.rename(&c.from, &c.to),
@@ -200,8 +214,9 @@ impl Tree {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
         }
-        // One open: write the contents and set the time on the same descriptor.
-        let temp = self.temp(tag);
+        // One open: write the contents and set the time on the same descriptor, into a spare
+        // inode when there is one.
+        let temp = self.recycler.take().unwrap_or_else(|| self.temp(tag));
         let mut file = File::create(&temp)?;
         io::Write::write_all(&mut file, &data.0)?;
         file.set_modified(time_from_nanos(mtime))?;
@@ -209,10 +224,18 @@ impl Tree {
         self.install_timed(&temp, name)
     }
 
-    /// `file:delete`: unlink a file.
-    pub fn delete(&self, name: &str) -> Applied {
+    /// `file:delete`: unlink a file — by moving it aside as a spare inode when nothing reads
+    /// it (see [`super::recycle`]).
+    pub fn delete(&self, name: &str, tag: u64) -> Applied {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
+        }
+        if self.files.stat(name).is_ok_and(|m| m.is_file) {
+            let aside = self.temp(tag);
+            if self.files.take_out(name, &aside).is_ok() {
+                self.recycler.offer(aside)?;
+                return Ok(Ok(()));
+            }
         }
         settle(name, self.files.unlink(name))
     }
@@ -374,6 +397,36 @@ fn gone(name: &str) -> FileError {
 mod tests {
     use super::*;
 
+    /// Overwrites and deletes reuse the old inode (no allocation) unless a reader holds it,
+    /// and a reader keeps its whole version.
+    #[test]
+    fn overwrites_reuse_inodes_that_nobody_reads() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let ino = || fs::metadata(tree.root.join("f")).unwrap().ino();
+        let write = |v: &str, tag| tree.write("f", &Data(v.into()), 1, tag).unwrap().unwrap();
+        write("v1", 1);
+        let first = ino();
+        write("v2", 2);
+        write("v3", 3);
+        assert_eq!(ino(), first, "v1's inode came back for v3");
+        let mut reader = tree.open_read("f").unwrap();
+        let held = ino();
+        write("v4", 4);
+        write("v5", 5);
+        assert_ne!(ino(), held, "an inode being read is not reused");
+        assert_eq!(io::read_to_string(&mut reader).unwrap(), "v3");
+        assert_eq!(fs::read(tree.root.join("f")).unwrap(), b"v5");
+        // A deleted file's inode is kept too, and the next new file gets it.
+        let before = ino();
+        tree.delete("f", 6).unwrap().unwrap();
+        assert!(!tree.root.join("f").exists());
+        tree.write("g", &Data(b"new".to_vec()), 1, 7).unwrap().unwrap();
+        assert_eq!(fs::metadata(tree.root.join("g")).unwrap().ino(), before);
+        assert_eq!(fs::read(tree.root.join("g")).unwrap(), b"new");
+    }
+
     #[test]
     fn operations_give_deterministic_outcomes() {
         let dir = tempfile::tempdir().unwrap();
@@ -389,7 +442,7 @@ mod tests {
             Err(FileError::IsADirectory("a".into()))
         );
         assert_eq!(
-            tree.delete("nope").unwrap(),
+            tree.delete("nope", 1).unwrap(),
             Err(FileError::NotFound("nope".into()))
         );
         assert_eq!(tree.rmdir("a").unwrap(), Err(FileError::NotEmpty("a".into())));
@@ -413,7 +466,7 @@ mod tests {
         let refused = |r: Applied| matches!(r.unwrap(), Err(FileError::InvalidPath(_)));
         for bad in ["../escaped", "/abs", "a/../../x", "", "a//b", "../log"] {
             assert!(refused(tree.write(bad, &data, 1, 1)), "write {bad:?}");
-            assert!(refused(tree.delete(bad)), "delete {bad:?}");
+            assert!(refused(tree.delete(bad, 2)), "delete {bad:?}");
             assert!(refused(tree.mkdir(bad, 1)), "mkdir {bad:?}");
             assert!(refused(tree.rmdir(bad)), "rmdir {bad:?}");
             assert!(refused(tree.touch(bad, 1, 1)), "touch {bad:?}");

@@ -7,10 +7,10 @@
 pub(crate) mod beneath;
 pub mod dedup;
 pub mod files;
+pub mod recycle;
 pub mod snapshot;
 pub(crate) mod state_machine;
 
-use std::fs;
 use std::io;
 use std::path::Path;
 use std::time::SystemTime;
@@ -90,9 +90,10 @@ impl FileStore {
         }
     }
 
-    /// Opens a file for reading (`name` must be validated).
-    pub fn open_file(&self, name: &str) -> Result<fs::File> {
-        self.tree.files().open_file(name).map_err(not_found(name))
+    /// Opens a file for reading (`name` must be validated); the version it opened stays
+    /// whole while the handle lives.
+    pub fn open_file(&self, name: &str) -> Result<recycle::ReadFile> {
+        self.tree.open_read(name).map_err(not_found(name))
     }
 
     /// A name's metadata; the empty name is the root.
