@@ -3,7 +3,7 @@
 //! earlier way (a fresh temp file renamed over the old one, which frees an inode and makes
 //! the next allocation pay for it), interleaved in one run.
 //!
-//! `cargo bench --bench apply`. Set `RAFTD_BENCH_WRITES` (default 20000) and
+//! `cargo bench --bench apply`. Set `RAFTD_BENCH_WRITES` (default 100000) and
 //! `RAFTD_BENCH_KEYS` (default 1000).
 
 use std::fs;
@@ -17,7 +17,7 @@ fn main() {
     let env = |name: &str, default: u64| {
         std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
     };
-    let writes = env("RAFTD_BENCH_WRITES", 20_000);
+    let writes = env("RAFTD_BENCH_WRITES", 100_000);
     let keys = env("RAFTD_BENCH_KEYS", 1_000);
     let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
     println!("{writes} overwrites of {keys} files of 100 bytes, each way, 3 rounds interleaved");
