@@ -15,7 +15,10 @@ use raftd::store::Tree;
 
 fn main() {
     let env = |name: &str, default: u64| {
-        std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
     };
     let writes = env("RAFTD_BENCH_WRITES", 100_000);
     let keys = env("RAFTD_BENCH_KEYS", 1_000);
@@ -37,7 +40,9 @@ fn tree_write(data_dir: &Path, writes: u64, keys: u64) -> Duration {
     let body = Data(vec![b'x'; 100]);
     let started = Instant::now();
     for i in 0..writes {
-        tree.write(&format!("k{}", i % keys), &body, i, i + 1).unwrap().unwrap();
+        tree.write(&format!("k{}", i % keys), &body, i, i + 1)
+            .unwrap()
+            .unwrap();
     }
     started.elapsed()
 }
@@ -52,7 +57,8 @@ fn rename_over(data_dir: &Path, writes: u64, keys: u64) -> Duration {
         let temp = tmp.join(format!("{i:016x}"));
         let file = fs::File::create(&temp).unwrap();
         std::io::Write::write_all(&mut &file, &body).unwrap();
-        file.set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(i)).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(i))
+            .unwrap();
         drop(file);
         fs::rename(&temp, files.join(format!("k{}", i % keys))).unwrap();
     }

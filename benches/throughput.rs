@@ -6,7 +6,8 @@
 //! that queued behind the previous one) and openraft's batching are what let throughput grow
 //! with clients instead of stopping at one fsync round per write.
 //!
-//! Set `RAFTD_BENCH_SECS` (default 3) and `RAFTD_BENCH_CLIENTS` (default `1,4,16,64`).
+//! Set `RAFTD_BENCH_SECS` (default 3) and `RAFTD_BENCH_CLIENTS` (default `1,4,16,64`);
+//! `RAFTD_BIN=path/to/raftd` runs another build (to compare two commits on one machine).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

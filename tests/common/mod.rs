@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The raftd binary cargo built for these tests.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_raftd")
+/// The raftd binary cargo built for these tests, or `RAFTD_BIN` if set (benchmarks compare
+/// two builds with it).
+pub fn bin() -> String {
+    std::env::var("RAFTD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_raftd").to_string())
 }
 
 /// A listener on a free loopback port, bound before any node starts.
