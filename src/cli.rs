@@ -107,7 +107,9 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_MIN_FREE", default_value_t = config::DEFAULT_MIN_FREE)]
     pub min_free: u64,
 
-    /// Take a snapshot (and compact the log) every this many entries.
+    /// Take a snapshot (and compact the log) after at least this many entries, once the log
+    /// since the last snapshot is also as large as the snapshot (so the cost per write stays
+    /// flat as the tree grows); each node draws its own threshold in [½, 1) of this.
     #[arg(long, env = "RAFTD_SNAPSHOT_EVERY", default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
 }

@@ -18,8 +18,9 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
 /// Largest file content carried by one log entry; larger files are sent as chunks.
 pub const DEFAULT_CHUNK_SIZE: usize = 256 << 10;
-/// Entries applied between snapshots; the log is compacted after each snapshot.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+/// Fewest entries applied between snapshots (see `raft::compaction` for the whole policy);
+/// the log is compacted after each snapshot.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Free bytes a node keeps in its data directory's filesystem: below it, writes that add
 /// data are refused (HTTP 507, ENOSPC) while deletes still work, so a full disk — which
 /// every replica reaches at about the same time — never stops the cluster.
@@ -176,7 +177,8 @@ impl Config {
             // Snapshot chunks travel as JSON; give each a generous budget.
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // raft::compaction triggers snapshots, in proportion to the state.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.snapshot_every / 2,
             ..Default::default()
         };

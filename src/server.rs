@@ -139,6 +139,12 @@ pub async fn launch(
         running.raft.clone(),
         config.election_timeout,
     ));
+    tokio::spawn(crate::raft::compaction::snapshot_policy(
+        running.raft.clone(),
+        node.log().clone(),
+        config.data_dir.join("snapshots"),
+        config.snapshot_every,
+    ));
     info!(name = %identity.name, id = identity.id, "node running");
     Ok(running)
 }

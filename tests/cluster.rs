@@ -404,6 +404,40 @@ fn a_read_right_after_a_restart_of_every_node_is_not_stale() {
     }
 }
 
+/// Snapshots come in proportion to the state: with a tiny tree, every few `--snapshot-every`
+/// entries; once the tree holds a 3 MiB file, not again until as many bytes of log have been
+/// written since (a fixed count would archive those 3 MiB every 20 writes).
+#[test]
+fn snapshots_are_taken_in_proportion_to_the_state() {
+    let mut c = Cluster::start(1, &["--snapshot-every", "20"]);
+    c.wait_leader();
+    let n = &c.nodes[0];
+    let snapshot = || n.status().unwrap()["snapshot_index"].as_u64();
+    for i in 0..60 {
+        assert_eq!(n.post(&format!("/files/small/{}", i % 5), b"x").0, 200);
+    }
+    let small = wait_for(Duration::from_secs(10), "a snapshot of the small tree", || {
+        snapshot().filter(|&s| s >= 20)
+    });
+    // The big file's pieces are a lot of log: the next snapshot comes soon (it may even catch
+    // the pieces still staged), and it is large.
+    assert_eq!(n.post("/files/big", &vec![b'b'; 3 << 20]).0, 200);
+    for i in 0..40 {
+        assert_eq!(n.post(&format!("/files/small/{}", i % 5), b"y").0, 200);
+    }
+    let with_big = wait_for(Duration::from_secs(10), "a snapshot holding the big file", || {
+        snapshot().filter(|&s| s > small)
+    });
+    for i in 0..300 {
+        assert_eq!(n.post(&format!("/files/small/{}", i % 5), b"z").0, 200);
+    }
+    assert_eq!(
+        snapshot(),
+        Some(with_big),
+        "300 small writes are far less log than the 3 MiB state: no new snapshot"
+    );
+}
+
 #[test]
 fn lagging_node_catches_up_by_snapshot() {
     let mut c = Cluster::start(3, &["--snapshot-every", "20"]);
@@ -418,8 +452,11 @@ fn lagging_node_catches_up_by_snapshot() {
             200
         );
     }
-    let status = c.nodes[leader].status().unwrap();
-    assert!(status["snapshot_index"].as_u64().unwrap_or(0) >= 80, "{status}");
+    // The snapshot policy runs beside the applies: wait for it.
+    wait_for(Duration::from_secs(20), "a snapshot at 80 or later", || {
+        let status = c.nodes[leader].status()?;
+        (status["snapshot_index"].as_u64()? >= 80).then_some(())
+    });
     // openraft purges lazily, on the next replication progress after a snapshot.
     let dir = c.nodes[leader].dir.clone();
     let log = wait_for(

@@ -223,20 +223,30 @@ impl Handles {
 
     /// A write handle for `ino`: the one already open on this node if there is one (so two
     /// writers of a file — two loggers appending — share one buffer instead of the last
-    /// close winning), truncated if `truncate`; else a new one from `make`.
+    /// close winning), truncated if `truncate`; else a new one from `make`. `exists` says
+    /// whether the file is in the tree now: a writer joined after the file was deleted (its
+    /// last handle's release can arrive after the next open) must create it again, not skip
+    /// its commit as if the file had been deleted under it.
     pub(crate) fn open_writer(
         &self,
         ino: u64,
         truncate: bool,
+        exists: bool,
         make: impl FnOnce() -> crate::Result<Handle>,
     ) -> crate::Result<(u64, Shared)> {
         let Some(existing) = self.writer_of(ino) else {
             return make().map(|handle| self.insert(handle));
         };
-        if truncate {
-            lock(&existing)
-                .resize(0)
-                .map_err(|e| crate::Error::io("truncate", io::Error::from_raw_os_error(e)))?;
+        {
+            let mut handle = lock(&existing);
+            if let Handle::Write(w) = &mut *handle {
+                w.existed = exists;
+            }
+            if truncate {
+                handle
+                    .resize(0)
+                    .map_err(|e| crate::Error::io("truncate", io::Error::from_raw_os_error(e)))?;
+            }
         }
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         self.table().insert(fh, existing.clone());
@@ -299,6 +309,25 @@ pub(crate) fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file deleted, then created again through the mount before the last handle's release
+    /// arrived: the new writer joins the old buffer, and its commit must create the file, not
+    /// be skipped as the commit of a file deleted under it (the fault suite lost such writes).
+    #[test]
+    fn a_writer_joined_after_a_delete_creates_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let handles = Handles::open(dir.path().join("buffers")).unwrap();
+        let make = || Ok(handles.new_writer(3, Some(&b"old"[..]), false).unwrap());
+        let (_, first) = handles.open_writer(3, false, true, make).unwrap();
+        assert!(locked(&first).take_pending().unwrap().is_none());
+        locked(&first).write_at(b"x", 0).unwrap();
+        assert!(locked(&first).take_pending().unwrap().unwrap().existing);
+        let (_, joined) = handles.open_writer(3, true, false, || unreachable!()).unwrap();
+        assert!(Arc::ptr_eq(&first, &joined), "one buffer per inode");
+        locked(&joined).write_at(b"new", 0).unwrap();
+        let pending = locked(&joined).take_pending().unwrap().unwrap();
+        assert!(!pending.existing, "the file is gone: this commit creates it");
+    }
 
     #[test]
     fn writers_buffer_on_disk_and_commit_once() {

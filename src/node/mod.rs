@@ -148,6 +148,11 @@ impl Node {
         &self.store
     }
 
+    /// The log's reader (for `GET /log` and the snapshot policy).
+    pub(crate) fn log(&self) -> &LogReader {
+        &self.log
+    }
+
     /// The Raft handle, for peer RPC handlers.
     pub fn raft(&self) -> &Raft {
         &self.raft

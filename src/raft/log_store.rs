@@ -176,6 +176,14 @@ impl LogStore {
 }
 
 impl LogReader {
+    /// Bytes of the log lines of entries in `[start, end)` that are still in the log.
+    pub fn bytes_between(&self, start: u64, end: u64) -> u64 {
+        let log = self.shared.log.read().expect("log lock poisoned");
+        let start = start.clamp(log.first_index, log.next_index());
+        let end = end.clamp(start, log.next_index());
+        log.offset_of(end) - log.offset_of(start)
+    }
+
     /// The index of the last entry in the log (purged ones count), if any.
     pub fn last_index(&self) -> Option<u64> {
         let log = self.shared.log.read().expect("log lock poisoned");

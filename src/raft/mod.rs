@@ -6,6 +6,7 @@
 //! lives in `crate::store`, because it is the replicated file tree, not Raft machinery.
 
 pub mod command;
+pub(crate) mod compaction;
 pub(crate) mod elections;
 pub(crate) mod inbound;
 pub mod log_format;

@@ -16,6 +16,12 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 pub struct Net {
+    /// A shell started before any client opened a file, that runs the `ip` commands of the
+    /// faults. Starting `ip` from this process instead would make each `exec` close the
+    /// child's copies of the FUSE clients' open files — and every close is a FUSE flush,
+    /// which commits and, during a partition, waits out the request timeout (it held the fault
+    /// injector 14 s once).
+    shell: std::sync::Mutex<Shell>,
     tag: String,
     /// Each node namespace, open, for `setns` in a child about to start.
     handles: Vec<std::fs::File>,
@@ -65,6 +71,7 @@ impl Net {
         sweep_leftovers();
         let pid = std::process::id();
         let mut net = Net {
+            shell: std::sync::Mutex::new(Shell::start()),
             tag: format!("rf{pid}"),
             subnet: (pid % 250) as u8 + 1,
             nodes,
@@ -156,22 +163,16 @@ impl Net {
         if a == b || !self.cut.insert(pair) {
             return;
         }
-        ip(&[
-            "-n",
-            &self.ns(a),
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.addr(b)),
-        ]);
-        ip(&[
-            "-n",
-            &self.ns(b),
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.addr(a)),
-        ]);
+        self.blackhole("add", a, b);
+    }
+
+    /// Adds or deletes the routes that drop all traffic between `a` and `b`.
+    fn blackhole(&self, verb: &str, a: usize, b: usize) {
+        let shell = &mut self.shell.lock().unwrap();
+        for (from, to) in [(a, b), (b, a)] {
+            let target = format!("{}/32", self.addr(to));
+            shell.ip(&["-n", &self.ns(from), "route", verb, "blackhole", &target]);
+        }
     }
 
     /// Splits the nodes into `side` and the rest: every link across is cut.
@@ -188,23 +189,55 @@ impl Net {
     /// Restores every cut link.
     pub fn heal(&mut self) {
         for (a, b) in std::mem::take(&mut self.cut) {
-            ip(&[
-                "-n",
-                &self.ns(a),
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.addr(b)),
-            ]);
-            ip(&[
-                "-n",
-                &self.ns(b),
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.addr(a)),
-            ]);
+            self.blackhole("del", a, b);
         }
+    }
+}
+
+/// A `sh` reading commands from a pipe; see [`Net`]'s `shell`.
+struct Shell {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Shell {
+    fn start() -> Shell {
+        use std::process::Stdio;
+        let mut child = Command::new("sh")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sh");
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        Shell { child, input, output }
+    }
+
+    /// Runs `ip` with `args` (plain words) in the shell; panics with its output if it fails.
+    fn ip(&mut self, args: &[&str]) {
+        use std::io::{BufRead, Write};
+        let command = format!("ip {}", args.join(" "));
+        writeln!(self.input, "{command} 2>&1; echo \"rc=$?\"").expect("write to sh");
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.output.read_line(&mut line).expect("read from sh");
+            assert!(n > 0, "sh exited");
+            match line.trim().strip_prefix("rc=") {
+                Some("0") => return,
+                Some(rc) => panic!("{command}: exit {rc}: {}", said.trim()),
+                None => said.push_str(&line),
+            }
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
