@@ -444,7 +444,9 @@ fn lagging_node_catches_up_by_snapshot() {
     let leader = c.wait_leader();
     let lagging = c.followers(leader)[0];
     c.nodes[lagging].kill();
-    for i in 0..100 {
+    // New files: the state grows with the log, so snapshots come further apart as the tree
+    // grows (in proportion to it); 200 writes take the last one past index 100.
+    for i in 0..200 {
         assert_eq!(
             c.nodes[leader]
                 .post(&format!("/files/f{i}"), format!("{i}").as_bytes())
@@ -453,9 +455,9 @@ fn lagging_node_catches_up_by_snapshot() {
         );
     }
     // The snapshot policy runs beside the applies: wait for it.
-    wait_for(Duration::from_secs(20), "a snapshot at 80 or later", || {
+    wait_for(Duration::from_secs(20), "a snapshot at 100 or later", || {
         let status = c.nodes[leader].status()?;
-        (status["snapshot_index"].as_u64()? >= 80).then_some(())
+        (status["snapshot_index"].as_u64()? >= 100).then_some(())
     });
     // openraft purges lazily, on the next replication progress after a snapshot.
     let dir = c.nodes[leader].dir.clone();
@@ -464,13 +466,13 @@ fn lagging_node_catches_up_by_snapshot() {
         "the leader's log to be compacted",
         || {
             let log = read_data_file(&dir, "log");
-            (log.lines().count() < 50).then_some(log)
+            (log.lines().count() < 150).then_some(log)
         },
     );
     assert!(!log.contains("\"filename\":\"f0\""), "early entries are purged");
 
     c.nodes[lagging].spawn();
-    for i in [0, 50, 99] {
+    for i in [0, 50, 199] {
         c.wait_replicated(lagging, &format!("f{i}"), format!("{i}").as_bytes());
     }
     let status = c.nodes[lagging].status().unwrap();
