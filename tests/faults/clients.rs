@@ -213,41 +213,62 @@ impl Client {
     }
 
     fn fuse_op(&mut self, mount: &std::path::Path, key: usize, roll: u64, n: u64) {
+        // While its node restarts, the mount point is a bare directory for a moment: an
+        // answer of absence from there says nothing about the cluster. Only answers given by
+        // one and the same FUSE mount throughout count.
+        let Some(before) = fuse_dev(mount) else {
+            std::thread::sleep(Duration::from_millis(200));
+            return;
+        };
         let file = mount.join(key_path(key));
         let call = self.history.now();
-        match roll {
+        let done = |history: &History, what| Some((Some(history.now()), what));
+        let outcome = match roll {
             0..45 => {
                 let value = format!("{}-{n}", self.name);
                 match fuse_write(&self.history, &file, value.as_bytes()) {
-                    Outcome::Done(200, ret) => self.record(key, call, Some(ret), What::Write(value)),
-                    Outcome::Done(..) => self.history.fail(),
-                    Outcome::Unknown => self.record(key, call, None, What::Write(value)),
+                    Outcome::Done(200, ret) => Some((Some(ret), What::Write(value))),
+                    Outcome::Done(..) => {
+                        self.history.fail();
+                        None
+                    }
+                    Outcome::Unknown => Some((None, What::Write(value))),
                 }
             }
             45..55 => match std::fs::remove_file(&file) {
-                Ok(()) => self.record(key, call, Some(self.history.now()), What::Delete),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.record(key, call, Some(self.history.now()), What::DeleteAbsent)
-                }
+                Ok(()) => done(&self.history, What::Delete),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => done(&self.history, What::DeleteAbsent),
                 // The unlink may have reached the leader.
-                Err(_) => self.record(key, call, None, What::Delete),
+                Err(_) => Some((None, What::Delete)),
             },
             _ => match std::fs::read(&file) {
-                Ok(bytes) => {
-                    let seen = Some(String::from_utf8_lossy(&bytes).to_string());
-                    self.record(key, call, Some(self.history.now()), What::Read(seen));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.record(key, call, Some(self.history.now()), What::Read(None))
-                }
-                Err(_) => {}
+                Ok(bytes) => done(
+                    &self.history,
+                    What::Read(Some(String::from_utf8_lossy(&bytes).to_string())),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => done(&self.history, What::Read(None)),
+                Err(_) => None,
             },
-        }
-        // The mount is gone while its node is down: do not spin on it.
-        if !mount.join("fault").exists() {
-            std::thread::sleep(Duration::from_millis(200));
+        };
+        let same_mount = fuse_dev(mount) == Some(before);
+        match outcome {
+            Some((_, What::Read(None) | What::DeleteAbsent)) if !same_mount => {}
+            Some((ret, what)) => self.record(key, call, ret, what),
+            None => {}
         }
     }
+}
+
+/// The device of the FUSE filesystem mounted at `mount`, if one is mounted and alive there.
+fn fuse_dev(mount: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let c = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != FUSE_SUPER_MAGIC {
+        return None;
+    }
+    std::fs::metadata(mount).ok().map(|m| m.dev())
 }
 
 enum Outcome {
