@@ -1,7 +1,8 @@
 //! Real `raftd` processes, one per network namespace of a [`Net`], with what the fault
 //! injector needs: kill -9 and restart, pause and resume, find the leader, wait until healed.
 
-use crate::common::{bin, http_within, wait_for};
+pub use crate::common::http_within as request;
+use crate::common::{bin, wait_for};
 use crate::net::Net;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -265,18 +266,6 @@ impl Drop for FaultCluster {
             }
         }
     }
-}
-
-/// One HTTP request with a deadline for the answer.
-pub fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: Duration,
-) -> std::io::Result<(u16, Vec<u8>)> {
-    http_within(addr, method, path, headers, body, timeout)
 }
 
 fn is_mounted(path: &Path) -> bool {

@@ -45,6 +45,15 @@ async fn append(store: &mut LogStore, range: std::ops::Range<u64>, term: u64) {
         .expect("append");
 }
 
+/// Appends raw bytes to the log file, as a crash or a disk might leave them.
+fn append_raw(dir: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join(LOG_FILE))
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
 fn lines(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join(LOG_FILE))
         .unwrap()
@@ -117,12 +126,7 @@ async fn reads_are_capped_in_bytes_but_never_empty() {
 async fn torn_last_line_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     append(&mut LogStore::open(dir.path()).unwrap(), 0..3, 1).await;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.path().join(LOG_FILE))
-        .unwrap();
-    f.write_all(b"0badc0de 0000000000000003 00000000000").unwrap();
-    drop(f);
+    append_raw(dir.path(), b"0badc0de 0000000000000003 00000000000");
     let mut store = LogStore::open(dir.path()).unwrap();
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
@@ -171,13 +175,7 @@ async fn zeros_before_the_last_line_are_a_torn_tail() {
 async fn garbage_to_the_end_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     append(&mut LogStore::open(dir.path()).unwrap(), 0..3, 1).await;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.path().join(LOG_FILE))
-        .unwrap();
-    f.write_all(b"stale garbage line\nmore of it\nand the end")
-        .unwrap();
-    drop(f);
+    append_raw(dir.path(), b"stale garbage line\nmore of it\nand the end");
     let mut store = LogStore::open(dir.path()).unwrap();
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
