@@ -223,20 +223,21 @@ impl Handles {
 
     /// A write handle for `ino`: the one already open on this node if there is one (so two
     /// writers of a file — two loggers appending — share one buffer instead of the last
-    /// close winning), truncated if `truncate`; else a new one from `make`. `exists` says
-    /// whether the file is in the tree now: a writer joined after the file was deleted (its
-    /// last handle's release can arrive after the next open) must create it again, not skip
-    /// its commit as if the file had been deleted under it.
+    /// close winning), truncated if `truncate`; else a new one from `make`. `exists` says,
+    /// when joining, whether the file is in the tree now: a writer joined after the file was
+    /// deleted (its last handle's release can arrive after the next open) must create it
+    /// again, not skip its commit as if the file had been deleted under it.
     pub(crate) fn open_writer(
         &self,
         ino: u64,
         truncate: bool,
-        exists: bool,
+        exists: impl FnOnce() -> bool,
         make: impl FnOnce() -> crate::Result<Handle>,
     ) -> crate::Result<(u64, Shared)> {
         let Some(existing) = self.writer_of(ino) else {
             return make().map(|handle| self.insert(handle));
         };
+        let exists = exists();
         {
             let mut handle = lock(&existing);
             if let Handle::Write(w) = &mut *handle {
@@ -318,11 +319,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let handles = Handles::open(dir.path().join("buffers")).unwrap();
         let make = || Ok(handles.new_writer(3, Some(&b"old"[..]), false).unwrap());
-        let (_, first) = handles.open_writer(3, false, true, make).unwrap();
+        let (_, first) = handles.open_writer(3, false, || true, make).unwrap();
         assert!(locked(&first).take_pending().unwrap().is_none());
         locked(&first).write_at(b"x", 0).unwrap();
         assert!(locked(&first).take_pending().unwrap().unwrap().existing);
-        let (_, joined) = handles.open_writer(3, true, false, || unreachable!()).unwrap();
+        let (_, joined) = handles.open_writer(3, true, || false, || unreachable!()).unwrap();
         assert!(Arc::ptr_eq(&first, &joined), "one buffer per inode");
         locked(&joined).write_at(b"new", 0).unwrap();
         let pending = locked(&joined).take_pending().unwrap().unwrap();

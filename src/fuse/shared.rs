@@ -164,7 +164,7 @@ impl Shared {
     /// Opens `ino` for writing: joins this node's open writer of it, or starts one holding
     /// its committed contents (none if `truncate`). Returns the new handle number.
     pub(super) fn open_writer(&self, ino: u64, path: &str, truncate: bool) -> Result<u64> {
-        let exists = self.node.store().stat(path).is_ok_and(|s| !s.is_dir);
+        let exists = || self.node.store().stat(path).is_ok_and(|s| !s.is_dir);
         let (fh, _) = self
             .handles
             .open_writer(ino, truncate, exists, || self.writer(ino, path, truncate))?;

@@ -25,6 +25,8 @@ pub(crate) async fn snapshot_policy(raft: Raft, log: LogReader, snapshots: PathB
     let mut metrics = raft.metrics();
     // The snapshot index a trigger was sent at, until a newer snapshot shows up.
     let mut requested: Option<Option<u64>> = None;
+    // The newest snapshot's size, read from disk once per snapshot, not once per apply.
+    let mut state_size: Option<(Option<u64>, u64)> = None;
     loop {
         if metrics.changed().await.is_err() {
             return;
@@ -42,8 +44,15 @@ pub(crate) async fn snapshot_policy(raft: Raft, log: LogReader, snapshots: PathB
         if applied + 1 < from + every {
             continue;
         }
+        let state_bytes = match state_size {
+            Some((at, size)) if at == snapshot => size,
+            _ => {
+                let size = newest_snapshot_size(&snapshots);
+                state_size = Some((snapshot, size));
+                size
+            }
+        };
         let log_bytes = log.bytes_between(from, applied + 1);
-        let state_bytes = newest_snapshot_size(&snapshots);
         if log_bytes < state_bytes {
             continue;
         }

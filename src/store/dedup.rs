@@ -3,7 +3,7 @@
 //!
 //! Whether an entry applies must be a function of the log alone, or replicas would diverge, so
 //! the table's clock is not the wall clock of any node: it is the newest time written in an
-//! applied command (the proposers' `mtime`s). Ids older than [`WINDOW`] by that clock are
+//! applied command (the proposers' `mtime`s). Ids older than [`WINDOW_NANOS`] by that clock are
 //! forgotten; [`CAPACITY`] bounds memory if the clock stands still (a run of deletes, which
 //! carry no time). The clock and the table travel in snapshots and in `sm/dedup` at a clean
 //! stop, so every replica forgets the same ids at the same entry.
@@ -18,9 +18,6 @@ use crate::raft::command::RequestId;
 /// How long (by the log's clock) a request id is remembered: a client retrying within this
 /// window gets the first answer.
 pub const WINDOW_NANOS: u64 = 10 * 60 * 1_000_000_000;
-
-/// [`WINDOW_NANOS`] for the docs.
-pub const WINDOW: std::time::Duration = std::time::Duration::from_nanos(WINDOW_NANOS);
 
 /// The most ids remembered, whatever the clock says.
 pub const CAPACITY: usize = 100_000;
