@@ -1,9 +1,10 @@
-//! The command line: flags (each with a `RAFTD_*` environment fallback) into a [`Config`].
+//! The command line: `raftd DATA_DIR` runs a node (flags, each with a `RAFTD_*` environment
+//! fallback, become a [`Config`]); `raftd <tool>` runs one of the operator's tools.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, Tls};
 use crate::error::{Error, Result};
@@ -13,12 +14,215 @@ use crate::error::{Error, Result};
 ///
 /// A new node asks (on a terminal) for its hostname, port and a node to join, unless flags
 /// give them; without a terminal it uses localhost, 4001 and starts a new cluster.
+///
+/// The tools (ctl, backup, restore, log, completions, man) are subcommands; a data
+/// directory that happens to be named like one is given as ./NAME.
 #[derive(Debug, Parser)]
-#[command(name = "raftd", version)]
+#[command(
+    name = "raftd",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Raftd {
+    /// A tool to run instead of a node.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+
+    /// The node to run.
+    #[command(flatten)]
+    pub node: Cli,
+}
+
+/// The operator's tools.
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    /// Control a running cluster: status, membership, files, the log.
+    Ctl(CtlArgs),
+    /// Save a consistent backup of the tree (a tar archive) from a running node.
+    Backup {
+        /// A node to take the backup from (host:port).
+        #[arg(long, env = "RAFTD_CTL_CLUSTER", value_delimiter = ',')]
+        from: Vec<String>,
+        /// Where to save it; a directory gets the name raftd-backup-TERM-INDEX.tar.
+        file: PathBuf,
+        /// Send `Authorization: Bearer` with this cluster token (or RAFTD_CLUSTER_TOKEN).
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// Prepare a new data directory from a backup: it starts as a one-node cluster holding
+    /// exactly the backup's files; other nodes then join it.
+    Restore {
+        /// The backup (a tar from `raftd backup` or `GET /backup`; - for standard input).
+        file: PathBuf,
+        /// The new node's data directory (must not exist, or be empty).
+        data_dir: PathBuf,
+        /// Hostname the restored node advertises [default: localhost].
+        #[arg(long)]
+        host: Option<String>,
+        /// Port the restored node listens on [default: 4001].
+        #[arg(short, long)]
+        port: Option<u16>,
+    },
+    /// Check or repair a node's log file offline (the node must be stopped).
+    Log {
+        /// What to do.
+        #[command(subcommand)]
+        action: LogAction,
+    },
+    /// Print a shell completion script (e.g. `raftd completions bash > /etc/bash_completion.d/raftd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `raftd man > raftd.1; man ./raftd.1`.
+    Man,
+}
+
+/// `raftd log` actions.
+#[derive(Debug, Subcommand)]
+pub enum LogAction {
+    /// Check every line's checksum, format and index; report the first bad line.
+    Verify {
+        /// The node's data directory.
+        data_dir: PathBuf,
+    },
+    /// Drop a torn tail (a damaged last stretch no valid line follows) after confirmation.
+    Repair {
+        /// The node's data directory.
+        data_dir: PathBuf,
+        /// Do not ask.
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// The cluster token, for tools.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The cluster token (prefer --cluster-token-file or the environment).
+    #[arg(
+        long,
+        env = "RAFTD_CLUSTER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "cluster_token_file"
+    )]
+    pub cluster_token: Option<String>,
+    /// Read the cluster token from this file.
+    #[arg(long, env = "RAFTD_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token, if one was given.
+    pub fn token(&self) -> Result<Option<String>> {
+        read_token(self.cluster_token.clone(), self.cluster_token_file.as_ref())
+    }
+}
+
+fn read_token(token: Option<String>, file: Option<&PathBuf>) -> Result<Option<String>> {
+    Ok(match (token, file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("read cluster token file {}", path.display()), e))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    })
+}
+
+/// `raftd ctl` arguments.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Members to talk to (host:port, comma-separated); the first that answers is used.
+    #[arg(
+        long,
+        short,
+        env = "RAFTD_CTL_CLUSTER",
+        value_delimiter = ',',
+        default_value = "localhost:4001"
+    )]
+    pub cluster: Vec<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The cluster token.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `raftd ctl` commands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every member's role, term, commit and applied index, and whether it answers.
+    Status,
+    /// The members and learners.
+    Members,
+    /// The current leader.
+    Leader,
+    /// Remove a member (by host:port).
+    Remove {
+        /// The member's name (host:port).
+        name: String,
+    },
+    /// Hand leadership to another voting member (by host:port).
+    TransferLeader {
+        /// The member's name (host:port).
+        name: String,
+    },
+    /// Have every member build a snapshot now (compacting its log).
+    Snapshot,
+    /// Write a file from a local file or standard input.
+    Put {
+        /// Path in the replicated tree.
+        path: String,
+        /// Local file to upload; - or nothing for standard input.
+        file: Option<PathBuf>,
+    },
+    /// Print a file (linearizable read).
+    Get {
+        /// Path in the replicated tree.
+        path: String,
+    },
+    /// List a directory (the root by default).
+    Ls {
+        /// Directory in the replicated tree.
+        dir: Option<String>,
+    },
+    /// Remove a file or an empty directory.
+    Rm {
+        /// Path in the replicated tree.
+        path: String,
+    },
+    /// Print the Raft log.
+    Log {
+        /// Keep printing new entries as they are appended.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of a node.
+#[derive(Debug, Args)]
 pub struct Cli {
     /// The node's data directory (created if missing).
-    #[arg(env = "RAFTD_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[arg(env = "RAFTD_DATA_DIR", required = true)]
+    pub data_dir: Option<PathBuf>,
 
     /// Hostname other nodes and clients use to reach this node [default: localhost].
     #[arg(long, env = "RAFTD_HOST")]
@@ -36,9 +240,14 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_LISTEN")]
     pub listen: Option<String>,
 
-    /// Log peer communication (elections, appends, votes); twice for openraft's internals.
+    /// Log peer communication (elections, appends, votes) and every HTTP request; twice for
+    /// openraft's internals.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log format: text lines, or one JSON object per line (for log shippers).
+    #[arg(long, env = "RAFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Leader heartbeat interval in milliseconds (go-raft's raftd used 1000).
     #[arg(long, env = "RAFTD_HEARTBEAT_MS", default_value_t = config::DEFAULT_HEARTBEAT_MS)]
@@ -115,9 +324,16 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The data directory (clap requires it whenever no tool is named).
+    pub fn data_dir(&self) -> Result<PathBuf> {
+        self.data_dir
+            .clone()
+            .ok_or_else(|| Error::Config("a data directory (DATA_DIR) is required".into()))
+    }
+
     /// Builds the config once host and port are known (from flags, the data dir or a prompt).
     pub fn into_config(self, host: String, port: u16) -> Result<Config> {
-        let mut c = Config::new(self.data_dir, host, port);
+        let mut c = Config::new(self.data_dir()?, host, port);
         c.listen = self.listen;
         c.heartbeat = Duration::from_millis(self.heartbeat_ms);
         c.election_timeout = Duration::from_millis(self.election_timeout_ms);
@@ -129,16 +345,7 @@ impl Cli {
         c.stale_reads = self.stale_reads;
         c.allow_other = self.allow_other;
         c.min_free = self.min_free;
-        c.cluster_token = match (self.cluster_token, self.cluster_token_file) {
-            (Some(token), _) => Some(token),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| Error::io(format!("read cluster token file {}", path.display()), e))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        c.cluster_token = read_token(self.cluster_token, self.cluster_token_file.as_ref())?;
         c.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(Tls {
                 cert,

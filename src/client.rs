@@ -122,6 +122,23 @@ impl HttpClient {
         Self::new(crate::tls::unused_client_config(), "http", None, 64 << 20)
     }
 
+    /// A plain-HTTP client for the operator's tools, sending the cluster token if given.
+    pub fn for_tool(token: Option<&str>) -> Result<Self> {
+        let auth = match token {
+            Some(token) => Some(
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| crate::Error::Config("the cluster token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Self::new(
+            crate::tls::unused_client_config(),
+            "http",
+            auth,
+            64 << 20,
+        ))
+    }
+
     /// A client with keep-alive pooling and `TCP_NODELAY` (RPCs are small and latency-bound).
     pub fn new(
         tls: rustls::ClientConfig,
@@ -217,6 +234,41 @@ impl HttpClient {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| SendError::Timeout(addr.to_string(), timeout))?
+    }
+
+    /// Sends a request with extra headers and returns the response as soon as its head
+    /// arrives (within `timeout`), its body unread: for large or endless answers (downloads,
+    /// followed logs), read at the caller's pace and without the size limit.
+    pub async fn open(
+        &self,
+        method: Method,
+        addr: &str,
+        path: &str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, SendError> {
+        let uri = format!("{}://{addr}{path}", self.scheme);
+        let mut request = Request::builder().method(method).uri(&uri);
+        if let Some(auth) = &self.auth {
+            request = request.header(hyper::header::AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| SendError::Other(addr.to_string(), e.to_string()))?;
+        let response = tokio::time::timeout(timeout, self.inner.request(request))
+            .await
+            .map_err(|_| SendError::Timeout(addr.to_string(), timeout))?;
+        response.map_err(|e| {
+            if e.is_connect() {
+                SendError::Connect(addr.to_string(), source_text(&e))
+            } else {
+                SendError::Other(addr.to_string(), source_text(&e))
+            }
+        })
     }
 
     /// POSTs `value` as JSON.

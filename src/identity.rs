@@ -90,7 +90,7 @@ impl Prompt for Terminal {
 /// Settles identity and start mode from the data directory, flags and the prompt, and saves
 /// the identity in `info`.
 pub fn resolve(cli: Cli, prompt: &mut dyn Prompt) -> Result<(Config, Identity, Start)> {
-    let dir = cli.data_dir.clone();
+    let dir = cli.data_dir()?;
     std::fs::create_dir_all(&dir).context(|| format!("create data directory {}", dir.display()))?;
     let info_path = dir.join("info");
     let stored = fsutil::read_json::<Identity>(&info_path).map_err(|e| Error::Config(e.to_string()))?;
@@ -191,6 +191,33 @@ fn check_flag(what: &str, flag: Option<&str>, stored: &str, dir: &Path) -> Resul
     }
 }
 
+/// Creates the identity of a node made by a tool (`raftd restore`) in `dir`, which must be
+/// new or empty, and saves it in `info`.
+pub fn create(dir: &Path, host: Option<String>, port: Option<u16>) -> Result<Identity> {
+    let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
+        return Err(Error::Config(format!(
+            "{} is not empty: restore into a new data directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).context(|| format!("create data directory {}", dir.display()))?;
+    let host = host.unwrap_or_else(|| DEFAULT_HOST.to_string());
+    let port = port.unwrap_or(DEFAULT_PORT);
+    let identity = Identity {
+        id: new_id(),
+        name: format!("{host}:{port}"),
+        host,
+        port,
+    };
+    fsutil::write_atomic(
+        &dir.join("info"),
+        &serde_json::to_vec_pretty(&identity).expect("identity serializes"),
+    )
+    .context(|| "save the node's identity".into())?;
+    Ok(identity)
+}
+
 fn new_id() -> NodeId {
     // Never 0, which reads like "unset" in logs.
     rand::random::<NodeId>().max(1)
@@ -229,7 +256,7 @@ mod tests {
     fn cli(dir: &Path, flags: &[&str]) -> Cli {
         let mut args = vec!["raftd", dir.to_str().unwrap()];
         args.extend(flags);
-        Cli::try_parse_from(args).unwrap()
+        crate::cli::Raftd::try_parse_from(args).unwrap().node
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //!   pooled peer client).
 //!
 //! [`server`] wires them together and runs the lifecycle; [`identity`] and [`cli`] settle
-//! who a node is from its data directory, flags and first-run prompts.
+//! who a node is from its data directory, flags and first-run prompts; [`metrics`] and
+//! [`logging`] say what it does. [`tools`] are the operator's commands (`raftd ctl`,
+//! `backup`, `restore`, `log verify`), clients of the HTTP API or readers of a stopped
+//! node's files.
 //!
 //! A write is acknowledged only after its entry is fsynced on a majority and applied on the
 //! node that answers; see `docs/architecture.md` for the write and read paths.
@@ -34,11 +37,14 @@ mod fsutil;
 mod fuse;
 mod http;
 pub mod identity;
+pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod raft;
 pub mod server;
 pub mod store;
 mod tls;
+pub mod tools;
 
 pub use error::{Error, Result};

@@ -1,28 +1,19 @@
-//! The `raftd` binary: parse flags, set up logging, run a node until SIGINT/SIGTERM.
+//! The `raftd` binary: run a node until SIGINT/SIGTERM, or one of the operator's tools.
 
 use std::process::ExitCode;
-use std::str::FromStr;
 
 use clap::Parser;
-use raftd::cli::Cli;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::prelude::*;
+use raftd::cli::Raftd;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("raftd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let args = Raftd::parse();
+    let result = match args.tool {
+        Some(tool) => {
+            raftd::logging::init(Default::default(), 0);
+            raftd::tools::run(tool)
         }
+        None => run_node(args.node),
     };
-    let result = raftd::identity::resolve(cli, &mut raftd::identity::Terminal).and_then(
-        |(config, identity, start)| {
-            runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))
-        },
-    );
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -32,25 +23,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` (target=level,...) wins; otherwise `-v` turns on peer traffic, `-vv` openraft's.
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn,raftd=info,openraft=off",
-        1 => "warn,raftd=debug,openraft=warn",
-        _ => "info,raftd=debug,openraft=debug",
-    };
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| Targets::from_str(&v).ok())
-        .unwrap_or_else(|| Targets::from_str(default).expect("valid default filter"));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(filter)
-        .init();
+fn run_node(cli: raftd::cli::Cli) -> raftd::Result<()> {
+    raftd::logging::init(cli.log_format, cli.verbose);
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| raftd::Error::io("start the async runtime", e))?;
+    let (config, identity, start) = raftd::identity::resolve(cli, &mut raftd::identity::Terminal)?;
+    runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))
 }
 
 async fn shutdown_signal() {

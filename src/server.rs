@@ -26,7 +26,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::{PeerNode, PeerRoute, Raft};
 use crate::store::state_machine::ShutdownHandle;
-use crate::store::{FileStore, StateMachine};
+use crate::store::{FileStore, StateHandle, StateMachine};
 
 /// How long a new node keeps asking its seed to add it before giving up.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
@@ -114,9 +114,11 @@ pub async fn launch(
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningNode> {
+    crate::logging::set_node(&identity.name);
     let storage = open_storage(&config)?;
     let clean = storage.state_machine.shutdown_handle();
-    let (raft, node) = start_raft(&config, &identity, storage, links).await?;
+    let state = storage.state_machine.handle();
+    let (raft, node) = start_raft(&config, &identity, storage, state, links).await?;
     let mut running = RunningNode {
         http: None,
         mount: None,
@@ -135,6 +137,7 @@ pub async fn launch(
         running.stop().await;
         return Err(e);
     }
+    tokio::spawn(crate::node::watch(node.clone()));
     tokio::spawn(crate::raft::elections::break_split_votes(
         running.raft.clone(),
         config.election_timeout,
@@ -174,6 +177,7 @@ async fn start_raft(
     config: &Config,
     identity: &Identity,
     storage: Storage,
+    state: StateHandle,
     links: Links,
 ) -> Result<(Raft, Arc<Node>)> {
     let client = HttpClient::for_cluster(config)?.with_links(links);
@@ -192,7 +196,7 @@ async fn start_raft(
     let node = Node::new(
         identity.id,
         raft.clone(),
-        storage.store,
+        (storage.store, state),
         reader,
         client,
         config.clone(),

@@ -92,9 +92,10 @@ impl Filesystem for RaftFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        crate::metrics::events().fuse_op("lookup");
         let path = match self.shared.child(parent, name) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("lookup", reply).error(e),
         };
         match self.shared.lookup_attr(&path) {
             Ok(attr) => reply.entry(&TTL, &attr, 0),
@@ -109,18 +110,19 @@ impl Filesystem for RaftFs {
                     };
                     match found {
                         Ok(attr) => reply.entry(&TTL, &attr, 0),
-                        Err(e) => reply.error(e),
+                        Err(e) => failed("lookup", reply).error(e),
                     }
                 });
             }
-            Err(e) => reply.error(e),
+            Err(e) => failed("lookup", reply).error(e),
         }
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        crate::metrics::events().fuse_op("getattr");
         match self.shared.path(ino).and_then(|p| self.shared.stat(ino, &p)) {
             Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
+            Err(e) => failed("getattr", reply).error(e),
         }
     }
 
@@ -142,13 +144,14 @@ impl Filesystem for RaftFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        crate::metrics::events().fuse_op("setattr");
         let shared = self.shared.clone();
         let path = match shared.path(ino) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("setattr", reply).error(e),
         };
         if let Err(e) = shared.check_unreplicated(ino, &path, mode, uid, gid) {
-            return reply.error(e);
+            return failed("setattr", reply).error(e);
         }
         let open_writer = fh
             .and_then(|fh| shared.handle(fh).ok())
@@ -173,7 +176,7 @@ impl Filesystem for RaftFs {
                 .and_then(|()| shared.stat(ino, &path))
             {
                 Ok(attr) => reply.attr(&TTL, &attr),
-                Err(e) => reply.error(e),
+                Err(e) => failed("setattr", reply).error(e),
             }
         });
     }
@@ -188,7 +191,8 @@ impl Filesystem for RaftFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(libc::EPERM);
+        crate::metrics::events().fuse_op("mknod");
+        failed("mknod", reply).error(libc::EPERM);
     }
 
     fn mkdir(
@@ -200,10 +204,11 @@ impl Filesystem for RaftFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        crate::metrics::events().fuse_op("mkdir");
         let shared = self.shared.clone();
         let path = match shared.child(parent, name) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("mkdir", reply).error(e),
         };
         self.later(async move {
             match shared
@@ -214,16 +219,18 @@ impl Filesystem for RaftFs {
                 .and_then(|()| shared.lookup_attr(&path))
             {
                 Ok(attr) => reply.entry(&TTL, &attr, 0),
-                Err(e) => reply.error(e),
+                Err(e) => failed("mkdir", reply).error(e),
             }
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        crate::metrics::events().fuse_op("unlink");
         self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        crate::metrics::events().fuse_op("rmdir");
         self.remove(parent, name, true, reply);
     }
 
@@ -235,11 +242,13 @@ impl Filesystem for RaftFs {
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(libc::EPERM);
+        crate::metrics::events().fuse_op("symlink");
+        failed("symlink", reply).error(libc::EPERM);
     }
 
     fn link(&mut self, _req: &Request<'_>, _ino: u64, _newparent: u64, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(libc::EPERM);
+        crate::metrics::events().fuse_op("link");
+        failed("link", reply).error(libc::EPERM);
     }
 
     fn rename(
@@ -252,16 +261,17 @@ impl Filesystem for RaftFs {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::events().fuse_op("rename");
         if flags & libc::RENAME_EXCHANGE != 0 {
-            return reply.error(libc::EINVAL);
+            return failed("rename", reply).error(libc::EINVAL);
         }
         let shared = self.shared.clone();
         let (from, to) = match (shared.child(parent, name), shared.child(newparent, newname)) {
             (Ok(f), Ok(t)) => (f, t),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+            (Err(e), _) | (_, Err(e)) => return failed("rename", reply).error(e),
         };
         if flags & libc::RENAME_NOREPLACE != 0 && shared.node.store().stat(&to).is_ok() {
-            return reply.error(libc::EEXIST);
+            return failed("rename", reply).error(libc::EEXIST);
         }
         self.later(async move {
             match shared.node.rename(&from, &to).await {
@@ -269,16 +279,17 @@ impl Filesystem for RaftFs {
                     shared.inodes.lock().expect("inode lock").rename(&from, &to);
                     reply.ok()
                 }
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => failed("rename", reply).error(errno(&e)),
             }
         });
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        crate::metrics::events().fuse_op("open");
         let shared = self.shared.clone();
         let path = match shared.path(ino) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("open", reply).error(e),
         };
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -305,7 +316,7 @@ impl Filesystem for RaftFs {
             };
             match opened {
                 Ok(fh) => reply.opened(fh, flags),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => failed("open", reply).error(errno(&e)),
             }
         });
     }
@@ -320,6 +331,7 @@ impl Filesystem for RaftFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        crate::metrics::events().fuse_op("create");
         let shared = &self.shared;
         let created = shared.child(parent, name).and_then(|path| {
             let ino = shared.inodes.lock().expect("inode lock").ino(&path);
@@ -328,7 +340,7 @@ impl Filesystem for RaftFs {
         });
         match created {
             Ok((fh, attr)) => reply.created(&TTL, &attr, 0, fh, 0),
-            Err(e) => reply.error(e),
+            Err(e) => failed("create", reply).error(e),
         }
     }
 
@@ -343,9 +355,10 @@ impl Filesystem for RaftFs {
         _lock: Option<u64>,
         reply: ReplyData,
     ) {
+        crate::metrics::events().fuse_op("read");
         let handle = match self.shared.handle(fh) {
             Ok(h) => h,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("read", reply).error(e),
         };
         let guard = locked(&handle);
         let file = guard.file();
@@ -356,7 +369,7 @@ impl Filesystem for RaftFs {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return reply.error(libc::EIO),
+                Err(_) => return failed("read", reply).error(libc::EIO),
             }
         }
         reply.data(&buf[..filled]);
@@ -374,9 +387,10 @@ impl Filesystem for RaftFs {
         _lock: Option<u64>,
         reply: ReplyWrite,
     ) {
+        crate::metrics::events().fuse_op("write");
         let handle = match self.shared.handle(fh) {
             Ok(h) => h,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("write", reply).error(e),
         };
         // A shared buffer's end is known only here, not to the kernel.
         let written = if flags & libc::O_APPEND != 0 {
@@ -386,16 +400,18 @@ impl Filesystem for RaftFs {
         };
         match written {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
+            Err(e) => failed("write", reply).error(e),
         }
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
-        self.commit_then(fh, false, reply);
+        crate::metrics::events().fuse_op("flush");
+        self.commit_then("flush", fh, false, reply);
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        self.commit_then(fh, false, reply);
+        crate::metrics::events().fuse_op("fsync");
+        self.commit_then("fsync", fh, false, reply);
     }
 
     fn release(
@@ -408,12 +424,14 @@ impl Filesystem for RaftFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.commit_then(fh, true, reply);
+        crate::metrics::events().fuse_op("release");
+        self.commit_then("release", fh, true, reply);
     }
 
     /// Like `open`, a listing begins with the read barrier: it shows every name committed
     /// anywhere before `opendir` (`ls` after another node's `close` sees the file).
     fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
+        crate::metrics::events().fuse_op("opendir");
         if self.shared.stale_reads {
             return reply.opened(0, 0);
         }
@@ -421,20 +439,21 @@ impl Filesystem for RaftFs {
         self.later(async move {
             match shared.node.read_barrier().await {
                 Ok(()) => reply.opened(0, 0),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => failed("opendir", reply).error(errno(&e)),
             }
         });
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        crate::metrics::events().fuse_op("readdir");
         let shared = &self.shared;
         let path = match shared.path(ino) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed("readdir", reply).error(e),
         };
         let children = match shared.node.store().list(&path) {
             Ok(c) => c,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return failed("readdir", reply).error(errno(&e)),
         };
         let parent_ino = shared.known(names::split(&path).0).unwrap_or(inodes::ROOT);
         let mut entries = vec![
@@ -461,14 +480,15 @@ impl Filesystem for RaftFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        crate::metrics::events().fuse_op("statfs");
         let root = self.shared.node.store().root().to_path_buf();
         let c_path = match std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) {
             Ok(p) => p,
-            Err(_) => return reply.error(libc::EIO),
+            Err(_) => return failed("statfs", reply).error(libc::EIO),
         };
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-            return reply.error(libc::EIO);
+            return failed("statfs", reply).error(libc::EIO);
         }
         reply.statfs(
             st.f_blocks,
@@ -485,10 +505,11 @@ impl Filesystem for RaftFs {
 
 impl RaftFs {
     fn remove(&mut self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let op = if dir { "rmdir" } else { "unlink" };
         let shared = self.shared.clone();
         let path = match shared.child(parent, name) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed(op, reply).error(e),
         };
         self.later(async move {
             let result = if dir {
@@ -498,17 +519,17 @@ impl RaftFs {
             };
             match result {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => failed(op, reply).error(errno(&e)),
             }
         });
     }
 
     /// Commits a handle's buffer (if dirty), then replies; `release` also drops the handle.
-    fn commit_then(&mut self, fh: u64, release: bool, reply: ReplyEmpty) {
+    fn commit_then(&mut self, op: &'static str, fh: u64, release: bool, reply: ReplyEmpty) {
         let shared = self.shared.clone();
         let handle = match shared.handle(fh) {
             Ok(h) => h,
-            Err(e) => return reply.error(e),
+            Err(e) => return failed(op, reply).error(e),
         };
         if !locked(&handle).is_dirty() {
             if release {
@@ -525,9 +546,15 @@ impl RaftFs {
                 Ok(()) => reply.ok(),
                 Err(e) => {
                     debug!(cause = %e, "commit failed");
-                    reply.error(errno(&e))
+                    failed(op, reply).error(errno(&e))
                 }
             }
         });
     }
+}
+
+/// Counts a FUSE operation's error, then hands back its reply to answer with.
+fn failed<R>(op: &'static str, reply: R) -> R {
+    crate::metrics::events().fuse_error(op);
+    reply
 }

@@ -3,7 +3,8 @@
 //! One port per node keeps the go-raft interface (`host:port` is the node's name) and makes
 //! container setups simple. Two groups of routes share it:
 //!
-//! - client routes (`/files`, `/status`, `/log`): open to anyone who can reach the port;
+//! - client routes (`/files`, `/status`, `/log`) and operator reads (`/metrics`, `/healthz`,
+//!   `/readyz`, `/backup`): open to anyone who can reach the port;
 //! - member routes (`/raft/*` peer RPC, `/cluster/*` membership): guarded by the cluster
 //!   token and, with `--tls-ca`, a client certificate ([`guard`]); bodies capped near the
 //!   largest replication message; a deadline on every request.
@@ -15,6 +16,7 @@ pub(crate) mod api;
 pub(crate) mod error;
 pub(crate) mod guard;
 pub(crate) mod listener;
+pub(crate) mod ops;
 pub(crate) mod peer;
 
 use std::sync::Arc;
@@ -45,6 +47,10 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/files/{*path}", files)
         .route("/status", get(api::status))
         .route("/log", get(api::log))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/backup", get(ops::backup))
         .layer(from_fn_with_state(
             Limits::new(guard::MAX_CLIENT_REQUESTS, None),
             guard::limit,
@@ -66,6 +72,10 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
             PeerRoute::Removed => post(peer::removed),
             PeerRoute::ClusterJoin => post(admin::join),
             PeerRoute::ClusterRemove => post(admin::remove),
+            PeerRoute::ClusterSnapshot => post(ops::snapshot),
+            PeerRoute::Transfer => post(peer::transfer),
+            PeerRoute::TransferStep => post(peer::transfer_step),
+            PeerRoute::ClusterTransfer => post(admin::transfer),
         };
         router.route(route.path(), handler)
     });
@@ -76,5 +86,8 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
             Limits::new(guard::MAX_PEER_REQUESTS, Some(deadline)).max_body(config.peer_body_limit()),
             guard::limit,
         ));
-    client.merge(member).with_state(node)
+    client
+        .merge(member)
+        .layer(axum::middleware::from_fn(ops::observe))
+        .with_state(node)
 }

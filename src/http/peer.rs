@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tracing::debug;
 
 use crate::client::DEADLINE_HEADER;
-use crate::node::{JoinRequest, Node, RemoveRequest};
+use crate::node::{JoinRequest, Node, RemoveRequest, TransferRequest, TransferStep};
 use crate::raft::command::Command;
 use crate::raft::inbound::{check_append, check_vote};
 use crate::raft::{NodeId, TypeConfig};
@@ -141,6 +141,29 @@ pub(crate) async fn remove(
 ) -> Response {
     let timeout = caller_deadline(&node, &headers);
     Json(node.remove_local(req, timeout).await).into_response()
+}
+
+/// `POST /raft/transfer`: a forwarded leadership transfer.
+pub(crate) async fn transfer(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Json(req): Json<TransferRequest>,
+) -> Response {
+    let timeout = caller_deadline(&node, &headers);
+    Json(node.transfer_local(req, timeout).await).into_response()
+}
+
+/// `POST /raft/transfer-step`: the leader's instruction during a transfer.
+pub(crate) async fn transfer_step(
+    State(node): State<Arc<Node>>,
+    Query(t): Query<Target>,
+    Json(step): Json<TransferStep>,
+) -> Response {
+    if let Some(r) = misdirected(&node, t.target) {
+        return r;
+    }
+    node.transfer_step(step);
+    StatusCode::OK.into_response()
 }
 
 /// `POST /raft/removed`: the leader says this node is no longer a member.

@@ -32,11 +32,14 @@ pub struct Applied {
 
 impl Node {
     /// Refuses if this node is not a leader in good standing.
-    fn check_leader(&self) -> LeaderReply<()> {
+    pub(super) fn check_leader(&self) -> LeaderReply<()> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         if m.state != ServerState::Leader {
             return Err(Refusal::NotLeader);
+        }
+        if let Some(to) = self.transferring.lock().expect("transfer lock poisoned").as_ref() {
+            return Err(Refusal::Transient(format!("leadership is moving to {to}")));
         }
         let lease = self.config.quorum_lease();
         match m.millis_since_quorum_ack {

@@ -11,7 +11,9 @@
 //! (openraft 0.9 has no check-quorum): a partitioned leader answers 503 quickly instead of
 //! accepting writes that cannot commit.
 
+mod admin;
 mod forward;
+mod health;
 mod inbound;
 mod leader;
 
@@ -23,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, instrument, warn};
 
+pub use admin::{TransferRequest, TransferStep};
 pub use forward::{LeaderReply, Refusal, RETRY_INTERVAL};
+pub(crate) use health::watch;
 pub use leader::Applied;
 
 use crate::client::HttpClient;
@@ -35,7 +39,7 @@ use crate::raft::log_store::LogReader;
 use crate::raft::routes::PeerRoute;
 use crate::raft::{NodeId, Raft};
 use crate::store::snapshot::Validator;
-use crate::store::{files, FileStore};
+use crate::store::{files, FileStore, StateHandle};
 
 /// How a whole-file write is proposed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -101,9 +105,17 @@ pub struct Node {
     pub name: String,
     raft: Raft,
     store: FileStore,
+    /// The state machine itself: backups, whether a snapshot is being installed.
+    state: StateHandle,
     log: LogReader,
     client: HttpClient,
     config: Config,
+    /// The first commit index learned after starting: readiness waits for its apply.
+    ready_floor: health::ReadyFloor,
+    /// On a leader handing over leadership: to whom (requests wait meanwhile).
+    transferring: std::sync::Mutex<Option<String>>,
+    /// Counts transfer holds, so only the newest one's timer ends a hold.
+    hold_generation: std::sync::atomic::AtomicU64,
     /// Signalled when the cluster removes this node, so the server shuts down.
     removed: tokio::sync::Notify,
     /// The snapshot being received from the leader, checked piece by piece before openraft
@@ -122,7 +134,7 @@ impl Node {
     pub fn new(
         id: NodeId,
         raft: Raft,
-        store: FileStore,
+        (store, state): (FileStore, StateHandle),
         log: LogReader,
         client: HttpClient,
         config: Config,
@@ -134,9 +146,13 @@ impl Node {
             name,
             raft,
             store,
+            state,
             log,
             client,
             config,
+            ready_floor: Default::default(),
+            transferring: Default::default(),
+            hold_generation: Default::default(),
             removed: Default::default(),
             incoming_snapshot: Default::default(),
             started_at_log,
@@ -146,6 +162,11 @@ impl Node {
     /// The local replica's read API.
     pub fn store(&self) -> &FileStore {
         &self.store
+    }
+
+    /// The state machine's handle (backups).
+    pub fn state(&self) -> &StateHandle {
+        &self.state
     }
 
     /// The log's reader (for `GET /log` and the snapshot policy).
@@ -426,13 +447,31 @@ impl Node {
             cmd.set_req(rand::random());
         }
         let started = Instant::now();
-        let applied: Applied = self
-            .on_leader(PeerRoute::Propose, &cmd, |timeout| {
-                self.propose_local(cmd.clone(), timeout)
-            })
-            .await?;
-        self.wait_applied(applied.index, started).await?;
-        applied.result.map_err(Error::from)
+        let outcome = async {
+            let applied: Applied = self
+                .on_leader(PeerRoute::Propose, &cmd, |timeout| {
+                    self.propose_local(cmd.clone(), timeout)
+                })
+                .await?;
+            self.wait_applied(applied.index, started).await?;
+            applied.result.map_err(Error::from)
+        }
+        .await;
+        let events = crate::metrics::events();
+        let label = match &outcome {
+            Ok(()) => "ok",
+            Err(Error::File(_)) => "refused",
+            Err(Error::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        };
+        events
+            .proposals
+            .get_or_create(&crate::metrics::Outcome { outcome: label })
+            .inc();
+        if outcome.is_ok() {
+            events.write_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        outcome
     }
 
     /// Waits (within the request deadline counted from `started`) until this node has
@@ -470,10 +509,14 @@ impl Node {
                 self.read_index_local(timeout)
             })
             .await?;
-        match index {
-            Some(index) => self.wait_applied(index, started).await,
-            None => Ok(()),
+        if let Some(index) = index {
+            self.wait_applied(index, started).await?;
         }
+        let events = crate::metrics::events();
+        events
+            .read_barrier_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Adds a node to the cluster (through the leader).

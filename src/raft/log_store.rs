@@ -62,7 +62,8 @@ struct Shared {
     log: Arc<RwLock<LogFile>>,
     /// Callbacks waiting for the next group fsync. Unbounded: at most one per append call,
     /// and openraft bounds in-flight appends.
-    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Each append's callback, with its number of entries (for the batch-size metric).
+    flush_tx: mpsc::Sender<(LogFlushed<TypeConfig>, usize)>,
     /// Highest committed index + 1 (0 = nothing committed yet), for `/status`.
     committed: Arc<AtomicU64>,
 }
@@ -305,7 +306,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let write_err = |e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
         let mut buf = Vec::new();
         let mut lines = Vec::new();
+        let mut count = 0;
         for entry in entries {
+            count += 1;
             let start = buf.len() as u64;
             log_format::encode(&entry, &mut buf).map_err(|e| write_err(e.into()))?;
             lines.push((start, entry.log_id));
@@ -333,7 +336,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             log.end = base + buf.len() as u64;
         }
-        if let Err(mpsc::SendError(callback)) = self.shared.flush_tx.send(callback) {
+        if let Err(mpsc::SendError((callback, _))) = self.shared.flush_tx.send((callback, count)) {
             callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
         }
         Ok(())
@@ -372,13 +375,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 /// Group commit: one fdatasync covers every append queued while the previous one ran.
-fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<(LogFlushed<TypeConfig>, usize)>) {
+    let events = crate::metrics::events();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let file = log.read().expect("log lock poisoned").file.clone();
+        let started = std::time::Instant::now();
         let result = file.sync_data();
-        for callback in batch {
+        events.fsync_seconds.observe(crate::metrics::since(started));
+        events
+            .fsync_entries
+            .observe(batch.iter().map(|(_, n)| *n).sum::<usize>() as f64);
+        for (callback, _) in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -388,6 +397,7 @@ fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<LogFlushed<TypeConf
     }
 }
 
+pub mod check;
 mod load;
 use load::{load, rewrite_from};
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub(crate) mod compaction;
 pub(crate) mod elections;
 pub(crate) mod inbound;
 pub mod log_format;
-pub(crate) mod log_store;
+pub mod log_store;
 pub(crate) mod network;
 pub mod routes;
 

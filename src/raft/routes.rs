@@ -27,11 +27,19 @@ pub enum PeerRoute {
     ClusterJoin,
     /// `POST /cluster/remove`: an operator removing a member.
     ClusterRemove,
+    /// `POST /cluster/snapshot`: an operator asking this node to snapshot now.
+    ClusterSnapshot,
+    /// A leadership transfer forwarded to the leader.
+    Transfer,
+    /// The leader's instructions to a voter during a transfer.
+    TransferStep,
+    /// `POST /cluster/transfer-leader`: an operator moving leadership.
+    ClusterTransfer,
 }
 
 impl PeerRoute {
     /// Every route, for the router.
-    pub const ALL: [PeerRoute; 10] = [
+    pub const ALL: [PeerRoute; 14] = [
         PeerRoute::Append,
         PeerRoute::Vote,
         PeerRoute::Snapshot,
@@ -42,6 +50,10 @@ impl PeerRoute {
         PeerRoute::Removed,
         PeerRoute::ClusterJoin,
         PeerRoute::ClusterRemove,
+        PeerRoute::ClusterSnapshot,
+        PeerRoute::Transfer,
+        PeerRoute::TransferStep,
+        PeerRoute::ClusterTransfer,
     ];
 
     /// The full request path, e.g. `/raft/append`.
@@ -57,6 +69,10 @@ impl PeerRoute {
             PeerRoute::Removed => "/raft/removed",
             PeerRoute::ClusterJoin => "/cluster/join",
             PeerRoute::ClusterRemove => "/cluster/remove",
+            PeerRoute::ClusterSnapshot => "/cluster/snapshot",
+            PeerRoute::Transfer => "/raft/transfer",
+            PeerRoute::TransferStep => "/raft/transfer-step",
+            PeerRoute::ClusterTransfer => "/cluster/transfer-leader",
         }
     }
 

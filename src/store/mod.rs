@@ -4,6 +4,7 @@
 //! the front ends use. Reads go straight to the files: every change is an atomic rename, so a
 //! reader sees a whole version of a file, never a partly written one.
 
+pub mod backup;
 pub(crate) mod beneath;
 pub mod dedup;
 pub mod files;
@@ -18,7 +19,7 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 pub use files::Tree;
-pub use state_machine::StateMachine;
+pub use state_machine::{StateHandle, StateMachine};
 
 use crate::error::{Error, FileError, Result};
 

@@ -14,7 +14,9 @@
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
@@ -114,6 +116,8 @@ struct Shared {
     /// std lock: held across blocking file work only, never across an await.
     state: Mutex<State>,
     changes: broadcast::Sender<Change>,
+    /// Set while a snapshot from the leader replaces the tree (readiness reports it).
+    installing: AtomicBool,
 }
 
 /// The state machine handed to openraft.
@@ -166,6 +170,7 @@ impl StateMachine {
             sm_dir: sm_dir.clone(),
             state: Mutex::new(state),
             changes,
+            installing: AtomicBool::new(false),
         };
         // The flag is consumed now: from here on this run is unclean until `mark_clean`.
         if was_clean {
@@ -187,6 +192,39 @@ impl StateMachine {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shared.clone())
     }
+
+    /// A handle for the front ends' view of the state machine itself (backups, readiness).
+    pub fn handle(&self) -> StateHandle {
+        StateHandle(self.shared.clone())
+    }
+}
+
+/// What the front ends may ask of the state machine beyond reading files.
+#[derive(Clone)]
+pub struct StateHandle(Arc<Shared>);
+
+impl StateHandle {
+    /// True while a snapshot from the leader is replacing the tree.
+    pub fn installing(&self) -> bool {
+        self.0.installing.load(Ordering::Relaxed)
+    }
+
+    /// Links the tree as it is at the last applied index into a staging copy, for
+    /// [`Backup::write_tar`](super::backup::Backup::write_tar). Blocking.
+    pub fn backup(&self, node: &str) -> std::io::Result<super::backup::Backup> {
+        let tag: u64 = rand::random();
+        let staging = self.0.snapshots.join(format!("backup-{tag:016x}"));
+        let (archiving, applied) = {
+            let state = self.0.lock();
+            let archiving = self.0.tree.archiving();
+            if let Err(e) = snapshot::link_tree(&self.0.tree.root, &staging) {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+            (archiving, state.marker.last_applied)
+        };
+        super::backup::Backup::new(staging, applied, node, archiving)
+    }
 }
 
 /// Records a clean shutdown (see [`StateMachine::shutdown_handle`]).
@@ -206,6 +244,9 @@ impl Shared {
     }
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
+        let started = Instant::now();
+        let events = crate::metrics::events();
+        events.apply_entries.observe(entries.len() as f64);
         let mut state = self.lock();
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -279,6 +320,7 @@ impl Shared {
                 .save_marker()
                 .map_err(io_err(ErrorSubject::Apply(last), ErrorVerb::Write))?;
         }
+        events.apply_seconds.observe(crate::metrics::since(started));
         Ok(results)
     }
 
@@ -383,8 +425,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         blocking(
             move || {
-                let archive = shared.keep_received(&meta, file, received)?;
-                shared.install(&meta, archive)
+                let started = Instant::now();
+                shared.installing.store(true, Ordering::Relaxed);
+                let installed = shared.keep_received(&meta, file, received).and_then(|archive| {
+                    let size = fs::metadata(&archive).map_or(0, |m| m.len());
+                    shared.install(&meta, archive).map(|()| size)
+                });
+                shared.installing.store(false, Ordering::Relaxed);
+                let events = crate::metrics::events();
+                events
+                    .snapshot_install_seconds
+                    .observe(crate::metrics::since(started));
+                events.snapshot_install_bytes.observe(installed? as f64);
+                Ok(())
             },
             subject,
             ErrorVerb::Write,

@@ -20,10 +20,70 @@ use crate::raft::LogId;
 pub(super) fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
     let file = open_rw(path).context(|| format!("open {}", path.display()))?;
     fsutil::sync_parent(path).context(|| "make the log file's creation durable".into())?;
-    let mut reader = BufReader::new(file.try_clone().context(|| format!("open {}", path.display()))?);
+    let reader = BufReader::new(file.try_clone().context(|| format!("open {}", path.display()))?);
+    let scan = scan(path, reader)?;
     let first_index = last_purged.map(|p| p.index + 1).unwrap_or(0);
     let mut log = LogFile::empty(path, file, last_purged);
-    let (mut offset, mut line_no, mut line) = (0u64, 0usize, Vec::new());
+    match scan.damage {
+        None => {}
+        Some(Damage::Corrupt(e)) => return Err(e),
+        Some(Damage::Torn { line, reason }) => {
+            warn!(path = %path.display(), line, cause = %reason, "dropping the torn tail of the log from this line");
+            log.file
+                .set_len(scan.end)
+                .context(|| format!("truncate {}", path.display()))?;
+            log.file
+                .sync_data()
+                .context(|| format!("fsync {}", path.display()))?;
+        }
+    }
+    for (offset, header) in scan.lines {
+        if header.index >= first_index {
+            if log.entries.is_empty() {
+                log.first_index = header.index;
+            }
+            log.entries.push_back((offset, header.term));
+        }
+    }
+    log.end = scan.end;
+    check_purge_point(&log, path)?;
+    Ok(log)
+}
+
+/// What is wrong with a log file, if anything.
+#[derive(Debug)]
+pub(crate) enum Damage {
+    /// From this 1-based line on, what a crash leaves of unsynced appends: dropped at start.
+    Torn {
+        /// The first torn line.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Damage inside synced data: the log is refused.
+    Corrupt(Error),
+}
+
+/// A log file read line by line.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    /// Each good line's byte offset and header, in order.
+    pub(crate) lines: Vec<(u64, Header)>,
+    /// The offset just after the last good line.
+    pub(crate) end: u64,
+    /// What stopped the scan, if anything.
+    pub(crate) damage: Option<Damage>,
+}
+
+/// Reads every line, checking checksum, format and index sequence, and stops at the first
+/// damage; changes nothing.
+pub(crate) fn scan(path: &Path, mut reader: impl BufRead) -> Result<Scan> {
+    let mut scan = Scan {
+        lines: Vec::new(),
+        end: 0,
+        damage: None,
+    };
+    let (mut line_no, mut line) = (0usize, Vec::new());
     let mut expected: Option<u64> = None;
     loop {
         line.clear();
@@ -38,35 +98,29 @@ pub(super) fn load(path: &Path, last_purged: Option<LogId>) -> Result<LogFile> {
         let header = match log_format::decode_header(&line) {
             Ok(h) => h,
             Err(e) if at_end || torn_from_here(&line, &mut reader)? => {
-                warn!(path = %path.display(), line = line_no, cause = %e, "dropping the torn tail of the log from this line");
-                log.file
-                    .set_len(offset)
-                    .context(|| format!("truncate {}", path.display()))?;
-                log.file
-                    .sync_data()
-                    .context(|| format!("fsync {}", path.display()))?;
+                scan.damage = Some(Damage::Torn {
+                    line: line_no,
+                    reason: e.to_string(),
+                });
                 break;
             }
             Err(e) => {
                 let hint = expected
                     .map(|e| format!(" (entry at index {e})"))
                     .unwrap_or_default();
-                return Err(corrupt(path, line_no, format!("{e}{hint}")));
+                scan.damage = Some(Damage::Corrupt(corrupt(path, line_no, format!("{e}{hint}"))));
+                break;
             }
         };
-        check_entry(path, line_no, &line, header, expected)?;
-        expected = Some(header.index + 1);
-        if header.index >= first_index {
-            if log.entries.is_empty() {
-                log.first_index = header.index;
-            }
-            log.entries.push_back((offset, header.term));
+        if let Err(e) = check_entry(path, line_no, &line, header, expected) {
+            scan.damage = Some(Damage::Corrupt(e));
+            break;
         }
-        offset += n as u64;
+        expected = Some(header.index + 1);
+        scan.lines.push((scan.end, header));
+        scan.end += n as u64;
     }
-    log.end = offset;
-    check_purge_point(&log, path)?;
-    Ok(log)
+    Ok(scan)
 }
 
 impl LogFile {
@@ -151,7 +205,7 @@ pub(super) fn check_purge_point(log: &LogFile, path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn corrupt(path: &Path, line: usize, reason: String) -> Error {
+pub(crate) fn corrupt(path: &Path, line: usize, reason: String) -> Error {
     Error::CorruptLog {
         path: path.to_path_buf(),
         line,

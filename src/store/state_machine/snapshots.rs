@@ -15,6 +15,7 @@ use crate::store::Change;
 
 impl Shared {
     pub(super) fn build(&self) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+        let started = std::time::Instant::now();
         let tag: u64 = rand::random();
         let staging = self.snapshots.join(format!("build-{tag:016x}"));
         // Taken under the lock, before linking, held until the archive is written.
@@ -49,6 +50,13 @@ impl Shared {
         fs::remove_dir_all(&staging)?;
         written?;
         info!(id = %header.meta.snapshot_id, "snapshot built");
+        let events = crate::metrics::events();
+        events
+            .snapshot_build_seconds
+            .observe(crate::metrics::since(started));
+        events
+            .snapshot_build_bytes
+            .observe(fs::metadata(&path).map_or(0, |m| m.len()) as f64);
         self.publish(header.meta.clone(), path.clone())?;
         Ok((header.meta, path))
     }
