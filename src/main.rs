@@ -28,6 +28,7 @@ fn run_node(cli: raftd::cli::Cli) -> raftd::Result<()> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| raftd::Error::io("start the async runtime", e))?;
     let (config, identity, start) = raftd::identity::resolve(cli, &mut raftd::identity::Terminal)?;
+    raftd::logging::set_node(&identity.name);
     runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))
 }
 

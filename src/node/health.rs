@@ -20,16 +20,25 @@ use prometheus_client::registry::Registry;
 use super::Node;
 use crate::metrics;
 
-/// How often the watcher looks for the first commit index after a start.
-const FLOOR_POLL: Duration = Duration::from_millis(20);
+/// Pause between attempts to learn the cluster's commit index after a start.
+const FLOOR_RETRY: Duration = Duration::from_millis(100);
 
-/// The first commit index this node learned after it started (+1; 0 = not yet).
+/// The cluster's commit index as the leader first told it after this node started.
 #[derive(Debug, Default)]
 pub(crate) struct ReadyFloor(AtomicU64);
 
 impl ReadyFloor {
-    fn get(&self) -> Option<u64> {
-        self.0.load(Ordering::Relaxed).checked_sub(1)
+    /// `None` until learned; then the index, if anything was committed.
+    fn get(&self) -> Option<Option<u64>> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(None),
+            v => Some(Some(v - 2)),
+        }
+    }
+
+    fn set(&self, index: Option<u64>) {
+        self.0.store(index.map_or(1, |i| i + 2), Ordering::Relaxed);
     }
 }
 
@@ -70,9 +79,9 @@ impl Node {
             return Err("has not yet learned the commit index from the leader".into());
         };
         let applied = m.last_applied.map(|l| l.index);
-        if applied < Some(floor) {
+        if let Some(floor) = floor.filter(|&f| applied < Some(f)) {
             return Err(format!(
-                "replaying the log: applied {} of {floor}",
+                "catching up: applied {} of {floor}",
                 applied.map_or("none".into(), |a| a.to_string())
             ));
         }
@@ -214,26 +223,14 @@ fn tree_size(root: &Path) -> (u64, u64) {
     (files, bytes)
 }
 
-/// Runs beside the node until Raft stops: counts leader changes, and records the first
-/// commit index the node learns (the readiness floor).
+/// Runs beside the node until Raft stops: learns the readiness floor, counts leader
+/// changes, and keeps the term in the log lines current.
 pub(crate) async fn watch(node: Arc<Node>) {
+    tokio::spawn(learn_floor(node.clone()));
     let mut metrics = node.raft.metrics();
     let mut leader = metrics.borrow().current_leader;
     loop {
-        if node.ready_floor.get().is_none() {
-            if let Some(committed) = node.log.committed() {
-                node.ready_floor.0.store(committed + 1, Ordering::Relaxed);
-            }
-        }
-        let changed = if node.ready_floor.get().is_none() {
-            match tokio::time::timeout(FLOOR_POLL, metrics.changed()).await {
-                Ok(changed) => changed,
-                Err(_) => continue,
-            }
-        } else {
-            metrics.changed().await
-        };
-        if changed.is_err() {
+        if metrics.changed().await.is_err() {
             return;
         }
         let (now, term) = {
@@ -245,5 +242,24 @@ pub(crate) async fn watch(node: Arc<Node>) {
             metrics::events().leader_changes.inc();
             leader = now;
         }
+    }
+}
+
+/// Asks the leader, once, for the cluster's commit index (a read index, which is never
+/// below what this node's own log held at start), retrying until one answers. What a node
+/// may believe committed on its own after a restart is only what it applied before: too low.
+async fn learn_floor(node: Arc<Node>) {
+    loop {
+        if node.health().is_err() {
+            return;
+        }
+        match node.read_index().await {
+            Ok(index) => {
+                node.ready_floor.set(index);
+                return;
+            }
+            Err(e) => tracing::debug!(cause = %e, "readiness: the commit index is not known yet"),
+        }
+        tokio::time::sleep(FLOOR_RETRY).await;
     }
 }

@@ -504,11 +504,7 @@ impl Node {
     #[instrument(level = "debug", skip_all)]
     pub async fn read_barrier(&self) -> Result<()> {
         let started = Instant::now();
-        let index: Option<u64> = self
-            .on_leader(PeerRoute::ReadIndex, &(), |timeout| {
-                self.read_index_local(timeout)
-            })
-            .await?;
+        let index = self.read_index().await?;
         if let Some(index) = index {
             self.wait_applied(index, started).await?;
         }
@@ -517,6 +513,14 @@ impl Node {
             .read_barrier_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The cluster's read index: the leader's commit index, once it confirmed it still leads.
+    pub(crate) async fn read_index(&self) -> Result<Option<u64>> {
+        self.on_leader(PeerRoute::ReadIndex, &(), |timeout| {
+            self.read_index_local(timeout)
+        })
+        .await
     }
 
     /// Adds a node to the cluster (through the leader).

@@ -322,8 +322,20 @@ impl Cluster {
 
     /// Adds and starts a node, joining through `join` if given.
     pub fn add_node(&mut self, join: Option<&str>, extra: &[&str]) -> usize {
+        let dir = self.tmp.path().join(format!("node.{}", self.nodes.len() + 1));
+        self.add_node_at(listener(), dir, join, extra)
+    }
+
+    /// Adds and starts a node on `listener`'s port with data directory `dir` (which may
+    /// already hold a node, e.g. one made by `raftd restore`).
+    pub fn add_node_at(
+        &mut self,
+        listener: TcpListener,
+        dir: PathBuf,
+        join: Option<&str>,
+        extra: &[&str],
+    ) -> usize {
         let i = self.nodes.len();
-        let listener = listener();
         let port = listener.local_addr().unwrap().port();
         let mut args = vec![
             "--host".to_string(),
@@ -335,7 +347,6 @@ impl Cluster {
             args.extend(["--join".to_string(), j.to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let dir = self.tmp.path().join(format!("node.{}", i + 1));
         let stderr = self.tmp.path().join(format!("node.{}.log", i + 1));
         let name = format!("127.0.0.1:{port}");
         let tls = self.tls.clone();
