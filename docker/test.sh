@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the README's docker demo against real containers and checks every outcome:
-# three healthy nodes, FUSE write on node1 read on node3, HTTP from the host to every node,
+# three healthy and ready nodes, `raftd ctl status` and a metrics scrape, FUSE write on node1
+# read on node3, HTTP from the host to every node,
 # the leader's container stopped (the others elect a leader and take writes) and started
 # (it catches up), and `down` + `up` keeping the data. Cleans up containers, networks and
 # volumes even on failure.
@@ -62,6 +63,17 @@ compose up -d --build
 wait_until all_healthy 120
 check "three nodes healthy" all_healthy
 wait_until '[ -n "$(leader node1)" ]' 60
+for n in node1 node2 node3; do
+  wait_until "curl -sf localhost:$(port_of $n)/readyz >/dev/null" 60
+  check "$n ready" curl -sf "localhost:$(port_of $n)/readyz" -o /dev/null
+done
+status=$(compose exec -T node2 raftd ctl status)
+echo "$status"
+check "ctl status lists three answering members" [ "$(echo "$status" | grep -c ' yes$')" = 3 ]
+check "ctl status names the leader" grep -q '^leader: node[1-3]:4001$' <<<"$status"
+metrics=$(curl -s localhost:4003/metrics)
+check "metrics scrape: three members" grep -q '^raftd_members 3$' <<<"$metrics"
+check "metrics scrape: a leader is known" grep -q '^raftd_has_leader 1$' <<<"$metrics"
 
 compose exec -T node1 sh -c 'echo BAR > /mnt/raft/foo'
 check "FUSE write on node1, read on node3" [ "$(compose exec -T node3 cat /mnt/raft/foo)" = BAR ]
@@ -102,6 +114,7 @@ compose up -d
 wait_until all_healthy 120
 check "nodes healthy after down/up" all_healthy
 wait_until '[ -n "$(leader node2)" ]' 60
+wait_until "curl -sf localhost:4002/readyz >/dev/null" 60
 check "data survives down/up (FUSE)" [ "$(compose exec -T node2 cat /mnt/raft/foo)" = BAR ]
 check "data survives down/up (HTTP)" [ "$(curl -s localhost:4003/files/hello)" = world ]
 check "writes work after down/up" [ "$(curl -s -o /dev/null -w '%{http_code}' -XPOST localhost:4001/files/again -d yes)" = 200 ]

@@ -196,3 +196,30 @@ async fn a_listing_on_a_mount_sees_what_others_committed() {
     }
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_follow_the_raft_core() {
+    let c = InProc::start(3, fast).await;
+    let leader = c.leader().await;
+    let f = c.others(leader)[0];
+    let node = c.node(f);
+    node.raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_leader.is_some(), "a known leader")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while node.readiness().is_err() {
+        assert!(Instant::now() < deadline, "never ready: {:?}", node.readiness());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.health(), Ok(()));
+
+    // Once its Raft core stops, the node is neither healthy nor ready (the server then stops
+    // listening too: a fatal error ends the process).
+    node.raft().shutdown().await.unwrap();
+    let why = node.health().unwrap_err();
+    assert!(why.contains("stopped") || why.contains("shutting down"), "{why}");
+    assert!(node.readiness().is_err());
+    c.stop().await;
+}

@@ -519,6 +519,44 @@ fn ctl_runs_the_cluster_from_the_command_line() {
     assert_eq!(last["command"], "file:delete");
     assert_eq!(last["data"]["filename"], "docs/a.txt");
 
+    // `log --follow` prints entries as they are appended.
+    let mut follow = Command::new(bin())
+        .args(["ctl", "--cluster", &cluster, "log", "--follow"])
+        .env("RAFTD_CLUSTER_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Everything so far comes first; then a new write shows up.
+    wait_for(Duration::from_secs(10), "the existing log", || {
+        rx.recv_timeout(Duration::from_millis(50))
+            .ok()?
+            .contains("docs/a.txt")
+            .then_some(())
+    });
+    assert_eq!(c.nodes[leader].request("PUT", "/files/followed", b"x").0, 200);
+    wait_for(
+        Duration::from_secs(10),
+        "the new entry in the followed log",
+        || {
+            rx.recv_timeout(Duration::from_millis(50))
+                .ok()?
+                .contains("\"filename\":\"followed\"")
+                .then_some(())
+        },
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     // Snapshots on every member.
     let snap = ok(&ctl(&["snapshot"]));
     assert_eq!(snap.matches("at index").count(), 3, "{snap}");

@@ -111,9 +111,8 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 /// Parses `text`, failing on anything outside the format.
 pub fn parse(text: &str) -> Result<Metrics, String> {
     let mut m = Metrics::default();
-    let mut lines = text.lines().peekable();
     let mut saw_eof = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         if saw_eof {
             return Err(format!("line after # EOF: {line:?}"));
         }
