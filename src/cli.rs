@@ -97,10 +97,12 @@ pub enum LogAction {
     },
 }
 
-/// The cluster token, for tools.
+/// The cluster token, for nodes and tools alike.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The cluster token (prefer --cluster-token-file or the environment).
+    /// Shared secret of the cluster: every request to /raft/* and /cluster/* must carry
+    /// `Authorization: Bearer <token>`; nodes send it to their peers, tools with their
+    /// requests. Prefer --cluster-token-file or the environment: flags are visible in `ps`.
     #[arg(
         long,
         env = "RAFTD_CLUSTER_TOKEN",
@@ -108,7 +110,7 @@ pub struct TokenArgs {
         conflicts_with = "cluster_token_file"
     )]
     pub cluster_token: Option<String>,
-    /// Read the cluster token from this file.
+    /// Read the cluster token from this file (surrounding whitespace is ignored).
     #[arg(long, env = "RAFTD_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
 }
@@ -116,21 +118,17 @@ pub struct TokenArgs {
 impl TokenArgs {
     /// The token, if one was given.
     pub fn token(&self) -> Result<Option<String>> {
-        read_token(self.cluster_token.clone(), self.cluster_token_file.as_ref())
+        Ok(match (&self.cluster_token, &self.cluster_token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("read cluster token file {}", path.display()), e))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        })
     }
-}
-
-fn read_token(token: Option<String>, file: Option<&PathBuf>) -> Result<Option<String>> {
-    Ok(match (token, file) {
-        (Some(token), _) => Some(token),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("read cluster token file {}", path.display()), e))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    })
 }
 
 /// `raftd ctl` arguments.
@@ -283,20 +281,9 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_ALLOW_OTHER")]
     pub allow_other: bool,
 
-    /// Shared secret of the cluster: every request to /raft/* and /cluster/* must carry
-    /// `Authorization: Bearer <token>`, and this node sends it to its peers. Prefer
-    /// --cluster-token-file or the environment: flags are visible in `ps`.
-    #[arg(
-        long,
-        env = "RAFTD_CLUSTER_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "cluster_token_file"
-    )]
-    pub cluster_token: Option<String>,
-
-    /// Read the cluster token from this file (surrounding whitespace is ignored).
-    #[arg(long, env = "RAFTD_CLUSTER_TOKEN_FILE")]
-    pub cluster_token_file: Option<PathBuf>,
+    /// The cluster's shared secret.
+    #[command(flatten)]
+    pub token: TokenArgs,
 
     /// Serve HTTPS with this PEM certificate chain (clients and peers alike); needs --tls-key.
     #[arg(long, env = "RAFTD_TLS_CERT", requires = "tls_key")]
@@ -345,7 +332,7 @@ impl Cli {
         c.stale_reads = self.stale_reads;
         c.allow_other = self.allow_other;
         c.min_free = self.min_free;
-        c.cluster_token = read_token(self.cluster_token, self.cluster_token_file.as_ref())?;
+        c.cluster_token = self.token.token()?;
         c.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(Tls {
                 cert,
@@ -355,5 +342,28 @@ impl Cli {
             _ => None,
         };
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Raftd::command().debug_assert();
+    }
+
+    #[test]
+    fn a_data_directory_runs_a_node_and_a_tool_name_runs_the_tool() {
+        let node = Raftd::try_parse_from(["raftd", "/tmp/n1", "--port", "4002"]).unwrap();
+        assert!(node.tool.is_none());
+        assert_eq!(node.node.data_dir().unwrap(), PathBuf::from("/tmp/n1"));
+        let ctl = Raftd::try_parse_from(["raftd", "ctl", "--json", "status"]).unwrap();
+        assert!(matches!(ctl.tool, Some(Tool::Ctl(CtlArgs { json: true, .. }))));
+        let named_like_a_tool = Raftd::try_parse_from(["raftd", "./ctl"]).unwrap();
+        assert_eq!(named_like_a_tool.node.data_dir().unwrap(), PathBuf::from("./ctl"));
+        assert!(Raftd::try_parse_from(["raftd"]).is_err(), "a node needs its data directory");
     }
 }

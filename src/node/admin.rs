@@ -90,11 +90,7 @@ impl Node {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
-            let Some(target) = membership
-                .nodes()
-                .find(|(_, n)| n.name == req.name)
-                .map(|(id, _)| *id)
-            else {
+            let Some(target) = super::leader::member_named(membership, &req.name) else {
                 return Err(Refusal::Rejected(format!("no member is named {}", req.name)));
             };
             if !membership.voter_ids().any(|v| v == target) {

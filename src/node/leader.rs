@@ -124,11 +124,7 @@ impl Node {
         self.check_leader()?;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();
-        let Some(id) = membership
-            .nodes()
-            .find(|(_, n)| n.name == req.name)
-            .map(|(id, _)| *id)
-        else {
+        let Some(id) = member_named(membership, &req.name) else {
             return Err(Refusal::Rejected(format!("no member is named {}", req.name)));
         };
         let is_voter = membership.voter_ids().any(|v| v == id);
@@ -157,6 +153,17 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The id of the member advertised as `name`, if any.
+pub(super) fn member_named(
+    membership: &openraft::Membership<NodeId, PeerNode>,
+    name: &str,
+) -> Option<NodeId> {
+    membership
+        .nodes()
+        .find(|(_, n)| n.name == name)
+        .map(|(id, _)| *id)
 }
 
 type MembershipResult<T> = std::result::Result<

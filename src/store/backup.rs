@@ -160,19 +160,8 @@ fn nanos_of(meta: &fs::Metadata) -> u64 {
 
 /// Appends `dir`'s contents under `prefix`, sorted, each directory before its contents.
 fn append_dir<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> io::Result<()> {
-    let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| io::Error::other("non-UTF-8 name in tree"))?;
-        let path = format!("{prefix}/{name}");
-        let meta = fs::symlink_metadata(entry.path())?;
-        if !meta.is_dir() && !meta.is_file() {
-            continue;
-        }
-        let nanos = nanos_of(&meta);
+    snapshot::walk_sorted(dir, prefix, &mut |path, source, meta| {
+        let nanos = nanos_of(meta);
         let pax = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
         tar.append_pax_extensions([("mtime", pax.as_bytes())])?;
         let mut header = tar::Header::new_gnu();
@@ -181,17 +170,14 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> 
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
             header.set_size(0);
-            tar.append_data(&mut header, format!("{path}/"), io::empty())?;
-            append_dir(tar, &entry.path(), &path)?;
+            tar.append_data(&mut header, format!("{path}/"), io::empty())
         } else {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(0o644);
             header.set_size(meta.len());
-            let file = File::open(entry.path())?;
-            tar.append_data(&mut header, &path, file.take(meta.len()))?;
+            tar.append_data(&mut header, path, File::open(source)?.take(meta.len()))
         }
-    }
-    Ok(())
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {

@@ -94,7 +94,13 @@ pub fn write_archive(staging: &Path, header: &Header, out: &Path) -> io::Result<
     file.sync_all()
 }
 
-fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
+/// Visits every directory and regular file under `dir` in name order, each directory before
+/// its contents, as `prefix/…` paths; anything else (a symlink, a device) is skipped.
+pub(crate) fn walk_sorted(
+    dir: &Path,
+    prefix: &str,
+    visit: &mut impl FnMut(&str, &Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
     let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -104,34 +110,38 @@ fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
             .map_err(|_| io::Error::other("non-UTF-8 name in tree"))?;
         let path = format!("{prefix}/{name}");
         let meta = fs::symlink_metadata(entry.path())?;
-        if !meta.is_dir() && !meta.is_file() {
-            continue;
-        }
         if meta.is_dir() {
-            serde_json::to_writer(
-                &mut *w,
-                &Record::Dir {
-                    path: path.clone(),
-                    mtime: mtime_nanos(&meta),
-                },
-            )?;
-            writeln!(w)?;
-            write_dir(w, &entry.path(), &path)?;
-        } else {
-            let record = Record::File {
-                path,
-                mtime: mtime_nanos(&meta),
-                size: meta.len(),
-            };
-            serde_json::to_writer(&mut *w, &record)?;
-            writeln!(w)?;
-            let copied = io::copy(&mut File::open(entry.path())?.take(meta.len()), w)?;
-            if copied != meta.len() {
-                return Err(io::Error::other("file changed size while being archived"));
-            }
+            visit(&path, &entry.path(), &meta)?;
+            walk_sorted(&entry.path(), &path, visit)?;
+        } else if meta.is_file() {
+            visit(&path, &entry.path(), &meta)?;
         }
     }
     Ok(())
+}
+
+fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
+    walk_sorted(dir, prefix, &mut |path, source, meta| {
+        let mtime = mtime_nanos(meta);
+        if meta.is_dir() {
+            let path = path.to_string();
+            serde_json::to_writer(&mut *w, &Record::Dir { path, mtime })?;
+            return writeln!(w);
+        }
+        let path = path.to_string();
+        let record = Record::File {
+            path,
+            mtime,
+            size: meta.len(),
+        };
+        serde_json::to_writer(&mut *w, &record)?;
+        writeln!(w)?;
+        let copied = io::copy(&mut File::open(source)?.take(meta.len()), w)?;
+        if copied != meta.len() {
+            return Err(io::Error::other("file changed size while being archived"));
+        }
+        Ok(())
+    })
 }
 
 fn read_line(r: &mut impl BufRead) -> io::Result<String> {
