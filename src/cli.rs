@@ -197,6 +197,14 @@ pub enum CtlCommand {
         /// Path in the replicated tree.
         path: String,
     },
+    /// Print committed changes under a prefix as they happen (the whole tree by default).
+    Watch {
+        /// Directory or file to watch.
+        prefix: Option<String>,
+        /// Start at this log index instead of now (it must still be in the log).
+        #[arg(long)]
+        from: Option<u64>,
+    },
     /// Print the Raft log.
     Log {
         /// Keep printing new entries as they are appended.
@@ -364,6 +372,9 @@ mod tests {
         assert!(matches!(ctl.tool, Some(Tool::Ctl(CtlArgs { json: true, .. }))));
         let named_like_a_tool = Raftd::try_parse_from(["raftd", "./ctl"]).unwrap();
         assert_eq!(named_like_a_tool.node.data_dir().unwrap(), PathBuf::from("./ctl"));
-        assert!(Raftd::try_parse_from(["raftd"]).is_err(), "a node needs its data directory");
+        assert!(
+            Raftd::try_parse_from(["raftd"]).is_err(),
+            "a node needs its data directory"
+        );
     }
 }

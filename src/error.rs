@@ -41,6 +41,10 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
 
+    /// What was asked for is no longer kept (a log index compacted into a snapshot).
+    #[error("gone: {0}")]
+    Gone(String),
+
     /// The cluster cannot serve the request now (no leader, no quorum, timeout); retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),

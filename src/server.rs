@@ -225,6 +225,7 @@ fn start_http(
             () = node.removed() => {}
             cause = node.failed() => error!(%cause, "the Raft core stopped on a fatal error; shutting down"),
         }
+        node.begin_stop();
     };
     let listener = Listener::new(listener, tls).context(|| "start listening".into())?;
     Ok(tokio::spawn(

@@ -223,3 +223,35 @@ async fn health_and_readiness_follow_the_raft_core() {
     assert!(node.readiness().is_err());
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_cut_off_without_slowing_the_cluster() {
+    let c = InProc::start(1, |_| {}).await;
+    let node = c.node(0).clone();
+    c.leader().await;
+    let mut events = node.watch("", None).unwrap();
+    let total = raftd::node::WATCH_QUEUE + 50;
+    let started = Instant::now();
+    for i in 0..total {
+        node.write_file(&format!("k{}", i % 10), Bytes::from("v"))
+            .await
+            .unwrap();
+    }
+    println!("{total} writes with a stalled watcher: {:?}", started.elapsed());
+    // The queue filled up to its bound, then the watcher ended it with a final event.
+    let mut changes = 0;
+    let last = loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            Some(raftd::node::WatchEvent::Change(_)) => changes += 1,
+            Some(end) => break end,
+            None => panic!("the watch ended without a final event"),
+        }
+    };
+    assert!(
+        matches!(last, raftd::node::WatchEvent::End { kind: "cutoff", .. }),
+        "{last:?}"
+    );
+    assert_eq!(changes, raftd::node::WATCH_QUEUE, "bounded at the queue's size");
+    assert!(events.recv().await.is_none(), "nothing after the final event");
+    c.stop().await;
+}

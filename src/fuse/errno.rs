@@ -17,7 +17,7 @@ pub(crate) fn errno(err: &Error) -> libc::c_int {
         Error::NoSpace(_) => libc::ENOSPC,
         // No quorum, no leader, a disk fault: the data did not reach a majority.
         Error::Unavailable(_) | Error::Io { .. } | Error::Raft(_) | Error::Peer { .. } => libc::EIO,
-        Error::CorruptLog { .. } | Error::Config(_) => libc::EIO,
+        Error::CorruptLog { .. } | Error::Config(_) | Error::Gone(_) => libc::EIO,
     }
 }
 

@@ -11,11 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::names;
-use crate::node::{Node, Status};
+use crate::node::{MemberStatus, Node, Status};
 
 /// `?consistency=` values.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -33,6 +33,18 @@ pub(crate) enum Consistency {
 pub(crate) struct ReadParams {
     #[serde(default)]
     consistency: Consistency,
+    /// `json`: a directory listing as JSON entries with sizes and mtimes.
+    format: Option<String>,
+}
+
+/// One entry of a JSON directory listing.
+#[derive(Debug, Serialize)]
+struct ListEntry {
+    name: String,
+    dir: bool,
+    size: u64,
+    /// Milliseconds since the epoch.
+    mtime_ms: u64,
 }
 
 /// `GET /files/<path>`: a file's bytes, or a directory listing.
@@ -50,6 +62,22 @@ pub(crate) async fn get_file(
     }
     let store = node.store();
     if store.stat(&name)?.is_dir {
+        if params.format.as_deref() == Some("json") {
+            let entries: Vec<ListEntry> = store
+                .list(&name)?
+                .into_iter()
+                .map(|(name, stat)| ListEntry {
+                    name,
+                    dir: stat.is_dir,
+                    size: stat.size,
+                    mtime_ms: stat
+                        .mtime
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                })
+                .collect();
+            return Ok(Json(entries).into_response());
+        }
         let mut listing = String::new();
         for (child, stat) in store.list(&name)? {
             listing.push_str(&child);
@@ -88,6 +116,12 @@ pub(crate) async fn delete_file(
 /// `GET /status`.
 pub(crate) async fn status(State(node): State<Arc<Node>>) -> Json<Status> {
     Json(node.status())
+}
+
+/// `GET /status/all`: every member's status, gathered by this node (for the cluster page
+/// and `raftd ctl status`).
+pub(crate) async fn status_all(State(node): State<Arc<Node>>) -> Json<Vec<MemberStatus>> {
+    Json(node.cluster_status().await)
 }
 
 /// `GET /log`: the log file's text.

@@ -15,6 +15,7 @@ pub(crate) fn status_of(err: &Error) -> StatusCode {
         Error::File(_) => StatusCode::CONFLICT,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Gone(_) => StatusCode::GONE,
         Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::Io { .. }
         | Error::CorruptLog { .. }

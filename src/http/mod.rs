@@ -3,8 +3,8 @@
 //! One port per node keeps the go-raft interface (`host:port` is the node's name) and makes
 //! container setups simple. Two groups of routes share it:
 //!
-//! - client routes (`/files`, `/status`, `/log`) and operator reads (`/metrics`, `/healthz`,
-//!   `/readyz`, `/backup`): open to anyone who can reach the port;
+//! - client routes (`/files`, `/status`, `/log`, `/watch`, the page at `/`) and operator reads
+//!   (`/metrics`, `/healthz`, `/readyz`, `/backup`): open to anyone who can reach the port;
 //! - member routes (`/raft/*` peer RPC, `/cluster/*` membership): guarded by the cluster
 //!   token and, with `--tls-ca`, a client certificate ([`guard`]); bodies capped near the
 //!   largest replication message; a deadline on every request.
@@ -17,7 +17,9 @@ pub(crate) mod error;
 pub(crate) mod guard;
 pub(crate) mod listener;
 pub(crate) mod ops;
+pub(crate) mod page;
 pub(crate) mod peer;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,12 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/files", get(api::get_file))
         .route("/files/", get(api::get_file))
         .route("/files/{*path}", files)
+        .route("/", get(page::index))
         .route("/status", get(api::status))
+        .route("/status/all", get(api::status_all))
+        .route("/watch", get(watch::watch))
+        .route("/watch/", get(watch::watch))
+        .route("/watch/{*prefix}", get(watch::watch))
         .route("/log", get(api::log))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))

@@ -2,9 +2,9 @@
 //! and `/metrics`.
 //!
 //! Liveness is the Raft core running. Readiness is stricter, for a load balancer: a leader is
-//! known, the node has applied at least the first commit index it learned after starting (a
-//! restarted node replaying its log is not ready), and no snapshot is being received or
-//! installed.
+//! known (and, on the leader, a majority heard from within the quorum lease), the node has
+//! applied at least the commit index the leader gave it after it started (a restarted node
+//! replaying its log is not ready), and no snapshot is being received or installed.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +74,14 @@ impl Node {
         let m = metrics.borrow();
         if m.current_leader.is_none() {
             return Err(format!("no leader known (term {})", m.current_term));
+        }
+        let lease = self.config.quorum_lease().as_millis() as u64;
+        if let Some(ms) = m.millis_since_quorum_ack.filter(|&ms| ms > lease) {
+            if m.state == ServerState::Leader {
+                return Err(format!(
+                    "no quorum: this leader has not heard from a majority for {ms} ms"
+                ));
+            }
         }
         let Some(floor) = self.ready_floor.get() else {
             return Err("has not yet learned the commit index from the leader".into());

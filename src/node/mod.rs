@@ -16,6 +16,7 @@ mod forward;
 mod health;
 mod inbound;
 mod leader;
+mod watch;
 
 use std::collections::BTreeSet;
 
@@ -29,6 +30,7 @@ pub use admin::{TransferRequest, TransferStep};
 pub use forward::{LeaderReply, Refusal, RETRY_INTERVAL};
 pub(crate) use health::watch;
 pub use leader::Applied;
+pub use watch::{Change as WatchChange, WatchEvent, WATCH_QUEUE};
 
 use crate::client::HttpClient;
 use crate::config::{check_name, Config};
@@ -97,6 +99,24 @@ pub struct Status {
     pub millis_since_quorum_ack: Option<u64>,
 }
 
+/// One member's `/status`, or why it did not answer, as `GET /status/all` gathers them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member's name.
+    pub name: String,
+    /// Whether it answered.
+    pub answers: bool,
+    /// Its status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Why not, if it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How long `GET /status/all` waits for each member.
+const MEMBER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The handle front ends share.
 pub struct Node {
     /// This node's Raft id.
@@ -118,6 +138,9 @@ pub struct Node {
     hold_generation: std::sync::atomic::AtomicU64,
     /// Signalled when the cluster removes this node, so the server shuts down.
     removed: tokio::sync::Notify,
+    /// Set when the server begins to stop: endless answers (watch streams) end then, or
+    /// the server would wait for them forever.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// The snapshot being received from the leader, checked piece by piece before openraft
     /// stores it. std lock: held only while checking one piece.
     incoming_snapshot: std::sync::Mutex<Option<(String, Validator)>>,
@@ -154,6 +177,7 @@ impl Node {
             transferring: Default::default(),
             hold_generation: Default::default(),
             removed: Default::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
             incoming_snapshot: Default::default(),
             started_at_log,
         }
@@ -226,6 +250,17 @@ impl Node {
                     .unwrap_or_else(|| "the Raft core stopped".into());
             }
         }
+    }
+
+    /// Tells endless answers (watch streams) to end: the server is stopping.
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the server has begun to stop.
+    pub(crate) async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     /// Marks this node removed (told so by the leader).
@@ -578,6 +613,50 @@ impl Node {
     }
 
     // ---- status -------------------------------------------------------------------------
+
+    /// Every member's status (voters, then learners), asked of each at once; this node's own
+    /// without a request.
+    pub async fn cluster_status(&self) -> Vec<MemberStatus> {
+        let own = self.status();
+        let names: Vec<String> = own.members.iter().chain(&own.learners).cloned().collect();
+        let ask = |name: String| {
+            let own = own.clone();
+            async move {
+                if name == self.name {
+                    return MemberStatus {
+                        name,
+                        answers: true,
+                        status: Some(own),
+                        error: None,
+                    };
+                }
+                let answer = self
+                    .client
+                    .send(
+                        hyper::Method::GET,
+                        &name,
+                        "/status",
+                        bytes::Bytes::new(),
+                        MEMBER_STATUS_TIMEOUT,
+                    )
+                    .await;
+                let status = match answer {
+                    Ok(r) if r.status.is_success() => {
+                        r.json::<Status>().map_err(|e| format!("unreadable /status: {e}"))
+                    }
+                    Ok(r) => Err(format!("{} {}", r.status.as_u16(), r.text())),
+                    Err(e) => Err(e.to_string()),
+                };
+                MemberStatus {
+                    name,
+                    answers: status.is_ok(),
+                    error: status.as_ref().err().cloned(),
+                    status: status.ok(),
+                }
+            }
+        };
+        futures_util::future::join_all(names.into_iter().map(ask)).await
+    }
 
     /// A snapshot of this node's view of the cluster.
     pub fn status(&self) -> Status {

@@ -191,6 +191,18 @@ impl LogReader {
         log.last_log_id().map(|id| id.index)
     }
 
+    /// The index of the first entry still in the log (entries before it are compacted into
+    /// the snapshot).
+    pub fn first_index(&self) -> u64 {
+        self.shared.log.read().expect("log lock poisoned").first_index
+    }
+
+    /// The entries in `[start, end)` that are present, decoded, at most about `max_bytes` of
+    /// them (always at least one): for readers of the log beside openraft (the watch feed).
+    pub fn entries(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read(start, end, max_bytes)
+    }
+
     /// The highest index known committed (as openraft last saved it), if any.
     pub fn committed(&self) -> Option<u64> {
         self.shared.committed.load(Ordering::Relaxed).checked_sub(1)

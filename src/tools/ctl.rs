@@ -15,13 +15,11 @@ use serde_json::{json, Value};
 use crate::cli::{CtlArgs, CtlCommand};
 use crate::client::{HttpClient, Response};
 use crate::error::{Error, Result};
-use crate::node::Status;
+use crate::node::{MemberStatus, Status};
 use crate::raft::PeerRoute;
 
 /// How long one request may take before the next member is tried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a member's `/status` may take in `ctl status`.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often `ctl log --follow` looks for new entries.
 const FOLLOW_EVERY: Duration = Duration::from_millis(300);
 
@@ -115,6 +113,9 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             ctl.done(&mut out, &format!("removed {path}"), json!({"removed": path}))
         }
         CtlCommand::Log { follow } => ctl.log(&mut out, follow).await,
+        CtlCommand::Watch { prefix, from } => {
+            ctl.watch(&mut out, prefix.as_deref().unwrap_or(""), from).await
+        }
     }
 }
 
@@ -198,19 +199,6 @@ impl Ctl {
             .map_err(|e| Error::BadRequest(format!("unreadable /status: {e}")))
     }
 
-    /// One member's `/status`, or why it did not answer.
-    async fn status_of(&self, addr: &str) -> std::result::Result<Status, String> {
-        let resp = self
-            .client
-            .send(Method::GET, addr, "/status", Bytes::new(), STATUS_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !resp.status.is_success() {
-            return Err(format!("{} {}", resp.status.as_u16(), resp.text()));
-        }
-        resp.json().map_err(|e| format!("unreadable /status: {e}"))
-    }
-
     fn done(&self, out: &mut impl Write, text: &str, value: Value) -> Result<()> {
         if self.json {
             writeln!(out, "{value}")
@@ -221,24 +209,20 @@ impl Ctl {
     }
 
     async fn status(&self, out: &mut impl Write) -> Result<()> {
-        let first = self.any_status().await?;
-        let names: Vec<String> = first.members.iter().chain(&first.learners).cloned().collect();
-        let answers = futures_util::future::join_all(names.iter().map(|n| self.status_of(n))).await;
-        let leader_last = answers
+        let resp = self.call(Method::GET, "/status/all", Bytes::new(), &[]).await?;
+        let members: Vec<MemberStatus> = resp
+            .json()
+            .map_err(|e| Error::BadRequest(format!("unreadable /status/all: {e}")))?;
+        let leader = members
             .iter()
-            .flatten()
-            .find(|s| s.state == "leader")
-            .and_then(|s| s.last_log_index);
+            .filter_map(|m| m.status.as_ref())
+            .find(|s| s.state == "leader");
+        let leader_last = leader.and_then(|s| s.last_log_index);
+        let leader_name = members
+            .iter()
+            .find_map(|m| m.status.as_ref().and_then(|s| s.leader.clone()));
         if self.json {
-            let rows: Vec<Value> = names
-                .iter()
-                .zip(&answers)
-                .map(|(name, a)| match a {
-                    Ok(s) => json!({"name": name, "answers": true, "status": s}),
-                    Err(e) => json!({"name": name, "answers": false, "error": e}),
-                })
-                .collect();
-            writeln!(out, "{}", json!({"leader": first.leader, "members": rows})).map_err(stdout_err)?;
+            writeln!(out, "{}", json!({"leader": leader_name, "members": members})).map_err(stdout_err)?;
             return Ok(());
         }
         let mut table = vec![vec![
@@ -251,9 +235,10 @@ impl Ctl {
             "ANSWERS".into(),
         ]];
         let num = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        for (name, answer) in names.iter().zip(&answers) {
-            table.push(match answer {
-                Ok(s) => vec![
+        for m in &members {
+            let name = &m.name;
+            table.push(match &m.status {
+                Some(s) => vec![
                     name.clone(),
                     s.state.clone(),
                     s.term.to_string(),
@@ -262,19 +247,19 @@ impl Ctl {
                     num(leader_last.map(|l| l.saturating_sub(s.applied_index.unwrap_or(0)))),
                     "yes".into(),
                 ],
-                Err(e) => vec![
+                None => vec![
                     name.clone(),
                     "?".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
-                    format!("no: {e}"),
+                    format!("no: {}", m.error.as_deref().unwrap_or("no answer")),
                 ],
             });
         }
         print_table(out, &table)?;
-        writeln!(out, "leader: {}", first.leader.as_deref().unwrap_or("none known")).map_err(stdout_err)
+        writeln!(out, "leader: {}", leader_name.as_deref().unwrap_or("none known")).map_err(stdout_err)
     }
 
     async fn members(&self, out: &mut impl Write) -> Result<()> {
@@ -384,6 +369,99 @@ impl Ctl {
             }
             tokio::time::sleep(FOLLOW_EVERY).await;
         }
+    }
+}
+
+impl Ctl {
+    /// Prints `/watch/<prefix>`'s events as they come: `index term op paths`, or the JSON.
+    async fn watch(&self, out: &mut impl Write, prefix: &str, from: Option<u64>) -> Result<()> {
+        let mut path = format!("/watch/{}", prefix.trim_start_matches('/'));
+        if let Some(from) = from {
+            path.push_str(&format!("?from={from}"));
+        }
+        let mut why = Vec::new();
+        for addr in &self.cluster {
+            let resp = match self
+                .client
+                .open(Method::GET, addr, &path, &[], Bytes::new(), REQUEST_TIMEOUT)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    why.push(e.to_string());
+                    continue;
+                }
+            };
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(Error::Peer {
+                    peer: addr.clone(),
+                    message: format!("{} {}", status.as_u16(), String::from_utf8_lossy(&body).trim()),
+                });
+            }
+            let mut body = resp.into_body();
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame =
+                    frame.map_err(|e| Error::Unavailable(format!("{addr}: the watch stopped: {e}")))?;
+                let Ok(data) = frame.into_data() else { continue };
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = pending.drain(..end + 2).collect();
+                    self.print_event(out, &String::from_utf8_lossy(&event))?;
+                }
+            }
+            return Err(Error::Unavailable(format!("{addr} ended the watch")));
+        }
+        Err(Error::Unavailable(format!(
+            "no member answered: {}",
+            why.join("; ")
+        )))
+    }
+
+    /// Prints one SSE event; an ending event (`gone`, `cutoff`) is an error.
+    fn print_event(&self, out: &mut impl Write, event: &str) -> Result<()> {
+        let (mut kind, mut data) = ("message", "");
+        for line in event.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                kind = v;
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v;
+            }
+        }
+        if data.is_empty() {
+            return Ok(()); // a keepalive comment
+        }
+        let value: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        if let Some(error) = value["error"].as_str() {
+            return Err(Error::Unavailable(format!("watch ended ({kind}): {error}")));
+        }
+        if self.json {
+            writeln!(out, "{data}")
+        } else {
+            let paths: Vec<&str> = value["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            writeln!(
+                out,
+                "{} {} {} {}",
+                value["index"],
+                value["term"],
+                kind,
+                paths.join(" ")
+            )
+        }
+        .map_err(stdout_err)?;
+        out.flush().map_err(stdout_err)
     }
 }
 
