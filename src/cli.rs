@@ -64,6 +64,9 @@ pub enum Tool {
         #[arg(short, long)]
         port: Option<u16>,
     },
+    /// Load a running cluster (raftd, or etcd for comparison) or a FUSE mount, and report
+    /// throughput and latency percentiles.
+    Bench(BenchArgs),
     /// Check or repair a node's log file offline (the node must be stopped).
     Log {
         /// What to do.
@@ -77,6 +80,77 @@ pub enum Tool {
     },
     /// Print the man page (roff), e.g. `raftd man > raftd.1; man ./raftd.1`.
     Man,
+}
+
+/// `raftd bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Nodes to send to (host:port, comma-separated); clients are spread over them.
+    #[arg(long, short, value_delimiter = ',', default_value = "localhost:4001")]
+    pub cluster: Vec<String>,
+    /// raftd: send to the leader or to followers only (found through /status/all), or any.
+    #[arg(long, value_parser = ["leader", "follower", "any"])]
+    pub via: Option<String>,
+    /// The system under load: raftd's /files API or etcd's v3 JSON gateway.
+    #[arg(long, value_enum, default_value_t = Target::Raftd)]
+    pub target: Target,
+    /// What to send.
+    #[arg(long, short, value_enum, default_value_t = Workload::Overwrite)]
+    pub workload: Workload,
+    /// Concurrent clients (closed loop: each waits for its answer), or writer threads with --fuse.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds to run (unless --count is given).
+    #[arg(long, short, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests instead.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Keys the overwrites and reads pick from.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 16)]
+    pub value_size: usize,
+    /// With `--workload mix`: the fraction of requests that are linearizable reads.
+    #[arg(long, default_value_t = 0.5)]
+    pub read_fraction: f64,
+    /// Write every key once before measuring reads or overwrites.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefill: bool,
+    /// A name for this run's new keys (bench/RUN/...), so runs do not overwrite each other.
+    #[arg(long, default_value = "run")]
+    pub run: String,
+    /// Write files on this FUSE mount with --clients threads instead of using HTTP.
+    #[arg(long)]
+    pub fuse: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `raftd bench` loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// raftd's HTTP API.
+    Raftd,
+    /// etcd's v3 JSON gateway (`/v3/kv/put`, `/v3/kv/range`).
+    Etcd,
+}
+
+/// `raftd bench` workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// A new key per write.
+    Write,
+    /// Overwrites of --keys keys.
+    Overwrite,
+    /// Linearizable reads of --keys keys.
+    Read,
+    /// Stale (local, serializable) reads of --keys keys.
+    StaleRead,
+    /// Overwrites and linearizable reads, --read-fraction of them reads.
+    Mix,
 }
 
 /// `raftd log` actions.

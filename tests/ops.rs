@@ -906,3 +906,59 @@ fn the_watch_stream_follows_a_prefix_resumes_and_says_when_history_is_gone() {
     assert_eq!(gone.0, 410, "{}", gone.1);
     assert!(gone.1.contains("compacted"), "{}", gone.1);
 }
+
+#[test]
+fn bench_drives_a_cluster_and_reports() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader();
+    let addr = c.nodes[0].name.clone();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["bench", "--json", "--cluster", &addr];
+        all.extend(args);
+        serde_json::from_str(ok(&raftd(&all)).trim()).unwrap()
+    };
+    let writes = run(&["-w", "write", "--count", "40", "--clients", "4", "--run", "t1"]);
+    assert_eq!(
+        (writes["ops"].as_u64(), writes["errors"].as_u64()),
+        (Some(40), Some(0)),
+        "{writes}"
+    );
+    assert!(writes["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(writes["p99_ms"].as_f64().unwrap() >= writes["p50_ms"].as_f64().unwrap());
+    // Every write landed: 40 new files under bench/t1/.
+    let (_, listing) = http(&addr, "GET", "/files/bench/t1/c0", b"").unwrap();
+    assert!(!listing.is_empty());
+    let files = |dir: &str| {
+        let (_, body) = http(&addr, "GET", &format!("/files/bench/t1/{dir}"), b"").unwrap();
+        String::from_utf8(body).unwrap().lines().count()
+    };
+    assert_eq!((0..4).map(|c| files(&format!("c{c}"))).sum::<usize>(), 40);
+    // Reads through a follower of prefilled keys.
+    let reads = run(&["-w", "read", "--keys", "20", "--count", "60", "--via", "follower"]);
+    assert_eq!(
+        (reads["ops"].as_u64(), reads["errors"].as_u64()),
+        (Some(60), Some(0)),
+        "{reads}"
+    );
+    assert_eq!(
+        http(&addr, "GET", "/files/bench/k19", b"").unwrap().0,
+        200,
+        "prefilled"
+    );
+    // The table for people.
+    let table = ok(&raftd(&[
+        "bench",
+        "--cluster",
+        &addr,
+        "-w",
+        "mix",
+        "--count",
+        "20",
+        "--keys",
+        "5",
+    ]));
+    assert!(
+        table.starts_with("workload") && table.contains("raftd:mix"),
+        "{table}"
+    );
+}

@@ -245,6 +245,17 @@ fn the_cluster_page_works_in_a_real_browser() {
         "return document.querySelector('#preview').textContent.includes('hello page')",
     );
 
+    // Deleting through the page (after its confirmation dialog) removes it everywhere.
+    browser.click("#files tr[data-name=\"seen-by-page\"] button.del");
+    browser.session("POST", "/alert/accept", Some(json!({})));
+    browser.wait_until(
+        "the deleted file gone from the tree",
+        "return !document.querySelector('#files tr[data-name=\"seen-by-page\"]')",
+    );
+    wait_for(Duration::from_secs(20), "the delete on another node", || {
+        (http(&names[other], "GET", "/files/seen-by-page", b"").ok()?.0 == 404).then_some(())
+    });
+
     // The leader dies: the page shows the new one, and the old one not answering.
     c.nodes[leader].kill();
     browser.wait_until(

@@ -1,8 +1,10 @@
 //! The operator's tools, run as `raftd <tool>` instead of a node: `ctl` (a running cluster
-//! over HTTP), `backup` and `restore`, `log verify|repair` (a stopped node's log), and the
+//! over HTTP), `bench` (load and latency), `backup` and `restore`, `log verify|repair` (a
+//! stopped node's log), and the
 //! shell completions and man page generated from the command-line definitions.
 
 mod backup;
+pub mod bench;
 pub mod ctl;
 mod logcheck;
 
@@ -25,6 +27,7 @@ pub fn run(tool: Tool) -> Result<()> {
             port,
         } => backup::restore(&file, &data_dir, host, port),
         Tool::Log { action } => logcheck::run(action),
+        Tool::Bench(args) => bench::run(args),
         Tool::Completions { shell } => {
             clap_complete::generate(shell, &mut Raftd::command(), "raftd", &mut std::io::stdout());
             Ok(())
