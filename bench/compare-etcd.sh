@@ -150,7 +150,7 @@ for load in "${loads[@]}"; do
       out=$("$raftd" bench --json --target $target -c "$node" $args -d "$SECS" --run "r$run_no")
       after=$(cpu_ticks "${procs[@]}")
       ops=$(field ops <<<"$out")
-      cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$ops" 'BEGIN { printf "%.3f", n > 0 ? t * 1000 / hz / n : 0 }')
+      cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$ops" 'BEGIN { printf "%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')
       val=$(field "$what" <<<"$out")
       if [ $system = etcd ]; then e_vals+=("$val"); e_cpu+=("$cpu"); else r_vals+=("$val"); r_cpu+=("$cpu"); fi
     done
@@ -159,7 +159,7 @@ for load in "${loads[@]}"; do
   r=$(printf '%s\n' "${r_vals[@]}" | median)
   ec=$(printf '%s\n' "${e_cpu[@]}" | median)
   rc=$(printf '%s\n' "${r_cpu[@]}" | median)
-  ratio=$(awk -v e="$e" -v r="$r" 'BEGIN { printf "%.2fx", e > 0 ? r / e : 0 }')
+  ratio=$(awk -v e="$e" -v r="$r" 'BEGIN { printf "%.2fx", (e > 0 ? r / e : 0) }')
   printf '%-42s %12.2f %12.2f %8s %11s ms %11s ms\n' "$name" "$e" "$r" "$ratio" "$ec" "$rc"
 done
 echo "medians of $REPS runs of ${SECS}s each, etcd and raftd interleaved; ratio = raftd / etcd (for latencies, lower is better)"
