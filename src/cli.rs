@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// A new node asks (on a terminal) for its hostname, port and a node to join, unless flags
 /// give them; without a terminal it uses localhost, 4001 and starts a new cluster.
 ///
-/// The tools (ctl, backup, restore, log, completions, man) are subcommands; a data
+/// The tools (ctl, bench, backup, restore, log, completions, man) are subcommands; a data
 /// directory that happens to be named like one is given as ./NAME.
 #[derive(Debug, Parser)]
 #[command(
