@@ -49,6 +49,11 @@ pub enum WatchEvent {
     },
 }
 
+/// Sends the final event (there is always room for it).
+async fn finish(tx: &mpsc::Sender<WatchEvent>, kind: &'static str, message: String) {
+    let _ = tx.send(WatchEvent::End { kind, message }).await;
+}
+
 /// Whether `path` is under `prefix` (the empty prefix holds everything).
 fn under(prefix: &str, path: &str) -> bool {
     prefix.is_empty()
@@ -90,23 +95,10 @@ impl Node {
                         let message = format!(
                             "410 Gone: index {next} was compacted into a snapshot; the log now starts at {first}"
                         );
-                        let _ = tx
-                            .send(WatchEvent::End {
-                                kind: "gone",
-                                message,
-                            })
-                            .await;
-                        return;
+                        return finish(&tx, "gone", message).await;
                     }
                     Err(e) => {
-                        let message = format!("500: reading the log: {e}");
-                        let _ = tx
-                            .send(WatchEvent::End {
-                                kind: "error",
-                                message,
-                            })
-                            .await;
-                        return;
+                        return finish(&tx, "error", format!("500: reading the log: {e}")).await;
                     }
                 };
                 for entry in entries {
@@ -123,13 +115,7 @@ impl Node {
                         let message = format!(
                             "cut off: {WATCH_QUEUE} events were waiting for this client; reconnect with Last-Event-ID to resume"
                         );
-                        let _ = tx
-                            .send(WatchEvent::End {
-                                kind: "cutoff",
-                                message,
-                            })
-                            .await;
-                        return;
+                        return finish(&tx, "cutoff", message).await;
                     }
                     let change = Change {
                         index: entry.log_id.index,

@@ -283,19 +283,35 @@ async fn http(args: &BenchArgs) -> Result<Report> {
             (hist, errors)
         }));
     }
-    let mut hist = histogram();
-    let mut errors = 0;
+    let mut results = Vec::new();
     for task in tasks {
-        let (h, e) = task
-            .await
-            .map_err(|e| Error::io("bench client", std::io::Error::other(e)))?;
-        hist.add(&h).expect("same histogram bounds");
-        errors += e;
+        results.push(
+            task.await
+                .map_err(|e| Error::io("bench client", std::io::Error::other(e)))?,
+        );
     }
+    Ok(finish(args, results, started, &stop, bar))
+}
+
+/// Merges the clients' histograms and error counts into the report, and ends the progress
+/// line.
+fn finish(
+    args: &BenchArgs,
+    results: Vec<(Histogram<u64>, u64)>,
+    started: Instant,
+    stop: &Stop,
+    bar: std::thread::JoinHandle<()>,
+) -> Report {
     let elapsed = started.elapsed();
     stop.done.store(true, Ordering::Relaxed);
     let _ = bar.join();
-    Ok(report(args, &hist, errors, elapsed))
+    let mut hist = histogram();
+    let mut errors = 0;
+    for (h, e) in results {
+        hist.add(&h).expect("same histogram bounds");
+        errors += e;
+    }
+    report(args, &hist, errors, elapsed)
 }
 
 /// Writes every key of the key space once, 16 at a time.
@@ -370,17 +386,12 @@ fn fuse(args: &BenchArgs, dir: &std::path::Path) -> Result<Report> {
             })
         })
         .collect();
-    let mut hist = histogram();
-    let mut errors = 0;
+    let mut results = Vec::new();
     for t in threads {
-        let (h, e) = t
-            .join()
-            .map_err(|_| Error::io("bench thread", std::io::Error::other("panicked")))?;
-        hist.add(&h).expect("same histogram bounds");
-        errors += e;
+        results.push(
+            t.join()
+                .map_err(|_| Error::io("bench thread", std::io::Error::other("panicked")))?,
+        );
     }
-    let elapsed = started.elapsed();
-    stop.done.store(true, Ordering::Relaxed);
-    let _ = bar.join();
-    Ok(report(args, &hist, errors, elapsed))
+    Ok(finish(args, results, started, &stop, bar))
 }
