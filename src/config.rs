@@ -132,6 +132,12 @@ impl Config {
         self.listen.clone().unwrap_or_else(|| self.name())
     }
 
+    /// How long a voter refuses to vote after its leader's last message: openraft 0.9's
+    /// leader lease, the maximum election timeout.
+    pub fn leader_lease(&self) -> Duration {
+        self.election_timeout * 2
+    }
+
     /// The longest a leader may go without hearing from a majority before it stops serving
     /// writes and linearizable reads (openraft 0.9 has no check-quorum of its own).
     pub fn quorum_lease(&self) -> Duration {

@@ -142,6 +142,12 @@ pub async fn launch(
         running.raft.clone(),
         config.election_timeout,
     ));
+    tokio::spawn(crate::raft::elections::campaign_after_lease(
+        running.raft.clone(),
+        node.leader_contact().clone(),
+        config.leader_lease(),
+        config.election_timeout / 2,
+    ));
     tokio::spawn(crate::raft::compaction::snapshot_policy(
         running.raft.clone(),
         node.log().clone(),

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use serde::Deserialize;
 use tracing::debug;
 
@@ -68,7 +68,16 @@ pub(crate) async fn append(
         entries = req.entries.len(),
         "recv append"
     );
-    Json(node.raft().append_entries(req).await).into_response()
+    let answer = node.raft().append_entries(req).await;
+    if matches!(
+        answer,
+        Ok(AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict)
+    ) {
+        node.leader_contact().touch();
+    }
+    Json(answer).into_response()
 }
 
 /// `POST /raft/vote`

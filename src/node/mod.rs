@@ -136,6 +136,8 @@ pub struct Node {
     transferring: std::sync::Mutex<Option<String>>,
     /// Counts transfer holds, so only the newest one's timer ends a hold.
     hold_generation: std::sync::atomic::AtomicU64,
+    /// When this node last accepted an AppendEntries from a leader.
+    leader_contact: crate::raft::elections::LeaderContact,
     /// Signalled when the cluster removes this node, so the server shuts down.
     removed: tokio::sync::Notify,
     /// Set when the server begins to stop: endless answers (watch streams) end then, or
@@ -176,6 +178,7 @@ impl Node {
             ready_floor: Default::default(),
             transferring: Default::default(),
             hold_generation: Default::default(),
+            leader_contact: Default::default(),
             removed: Default::default(),
             stopping: tokio::sync::watch::Sender::new(false),
             incoming_snapshot: Default::default(),
@@ -191,6 +194,11 @@ impl Node {
     /// The state machine's handle (backups).
     pub fn state(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// When this node last heard from a leader (the peer append route records it).
+    pub(crate) fn leader_contact(&self) -> &crate::raft::elections::LeaderContact {
+        &self.leader_contact
     }
 
     /// The log's reader (for `GET /log` and the snapshot policy).
