@@ -451,3 +451,41 @@ fn a_file_removed_elsewhere_while_open_is_not_resurrected() {
     }
     assert_eq!(c.nodes[leader].get("/files/deleted").0, 404);
 }
+
+#[test]
+fn directories_count_their_subdirectories_and_files_their_blocks() {
+    if !fuse_available() {
+        return;
+    }
+    let (_c, mounts) = mounted_cluster(&[]);
+    use std::os::unix::fs::MetadataExt;
+    let d = mounts[0].join("d");
+    std::fs::create_dir(&d).unwrap();
+    for sub in ["a", "b", "c"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::fs::write(d.join("f"), vec![7u8; 10_000]).unwrap();
+    // POSIX: a directory's link count is 2 (itself and its `.`) + one `..` per subdirectory;
+    // `find` and other tools rely on it. On every node.
+    for m in &mounts {
+        wait_for(Duration::from_secs(20), "the tree on every mount", || {
+            std::fs::metadata(m.join("d/f")).ok()
+        });
+        assert_eq!(
+            std::fs::metadata(m.join("d")).unwrap().nlink(),
+            5,
+            "on {}",
+            m.display()
+        );
+        assert_eq!(std::fs::metadata(m.join("d/a")).unwrap().nlink(), 2);
+        let f = std::fs::metadata(m.join("d/f")).unwrap();
+        assert_eq!(f.nlink(), 1);
+        assert!(
+            f.blocks() >= 10_000 / 512,
+            "blocks {} for 10,000 bytes",
+            f.blocks()
+        );
+    }
+    std::fs::remove_dir(d.join("b")).unwrap();
+    assert_eq!(std::fs::metadata(&d).unwrap().nlink(), 4);
+}

@@ -89,22 +89,22 @@ impl Inodes {
 /// FUSE attributes for a replicated entry. Permissions are fixed (0755 directories, 0644
 /// files, owned by the mounting user): the tree replicates contents and times, not modes.
 pub(crate) fn attr(ino: u64, stat: &Stat, uid: u32, gid: u32) -> FileAttr {
-    let (kind, perm, nlink) = if stat.is_dir {
-        (FileType::Directory, 0o755, 2)
+    let (kind, perm) = if stat.is_dir {
+        (FileType::Directory, 0o755)
     } else {
-        (FileType::RegularFile, 0o644, 1)
+        (FileType::RegularFile, 0o644)
     };
     FileAttr {
         ino,
         size: stat.size,
-        blocks: stat.size.div_ceil(512),
+        blocks: stat.blocks,
         atime: stat.mtime,
         mtime: stat.mtime,
         ctime: stat.mtime,
         crtime: SystemTime::UNIX_EPOCH,
         kind,
         perm,
-        nlink,
+        nlink: stat.links.min(u64::from(u32::MAX)) as u32,
         uid,
         gid,
         rdev: 0,

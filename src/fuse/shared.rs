@@ -60,6 +60,7 @@ impl Shared {
         let stat = match (self.node.store().stat(path), self.handles.buffered_size(ino)) {
             (Ok(mut s), Some(size)) => {
                 s.size = size;
+                s.blocks = size.div_ceil(512);
                 s
             }
             (Ok(s), None) => s,
@@ -68,6 +69,8 @@ impl Shared {
                 is_dir: false,
                 size,
                 mtime: SystemTime::now(),
+                links: 1,
+                blocks: size.div_ceil(512),
             },
             (Err(e), None) => return Err(errno(&e)),
         };

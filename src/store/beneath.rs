@@ -41,6 +41,10 @@ pub struct Meta {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch (0 before it).
     pub mtime: u64,
+    /// Hard links (a directory: 2 + its subdirectories).
+    pub nlink: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
 }
 
 /// A directory that operations stay beneath.
@@ -122,6 +126,8 @@ impl Beneath {
             is_file: kind == rfs::FileType::RegularFile,
             size: st.st_size as u64,
             mtime,
+            nlink: st.st_nlink as u64,
+            blocks: st.st_blocks as u64,
         })
     }
 

@@ -44,6 +44,10 @@ pub struct Stat {
     pub size: u64,
     /// Last modification, as replicated.
     pub mtime: SystemTime,
+    /// Links: for a directory 2 + its subdirectories (as POSIX tools expect); 1 for a file.
+    pub links: u64,
+    /// 512-byte blocks the local copy occupies (what `du` adds up).
+    pub blocks: u64,
 }
 
 /// Read access to the local replica, shared by the HTTP API and FUSE.
@@ -104,6 +108,9 @@ impl FileStore {
             is_dir: meta.is_dir,
             size: if meta.is_dir { 0 } else { meta.size },
             mtime: files::time_from_nanos(meta.mtime),
+            // A file's other links are snapshots' or backups' staging copies, not names.
+            links: if meta.is_dir { meta.nlink } else { 1 },
+            blocks: meta.blocks,
         })
     }
 
