@@ -385,6 +385,10 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_MIN_FREE", default_value_t = config::DEFAULT_MIN_FREE)]
     pub min_free: u64,
 
+    /// Largest file a write or truncate through the FUSE mount may make (larger gets EFBIG).
+    #[arg(long, env = "RAFTD_MAX_FILE_SIZE", default_value_t = config::DEFAULT_MAX_FILE_SIZE)]
+    pub max_file_size: u64,
+
     /// Take a snapshot (and compact the log) after at least this many entries, once the log
     /// since the last snapshot is also as large as the snapshot (so the cost per write stays
     /// flat as the tree grows); each node draws its own threshold in [½, 1) of this.
@@ -414,6 +418,7 @@ impl Cli {
         c.stale_reads = self.stale_reads;
         c.allow_other = self.allow_other;
         c.min_free = self.min_free;
+        c.max_file_size = self.max_file_size;
         c.cluster_token = self.token.token()?;
         c.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(Tls {

@@ -25,6 +25,11 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// data are refused (HTTP 507, ENOSPC) while deletes still work, so a full disk — which
 /// every replica reaches at about the same time — never stops the cluster.
 pub const DEFAULT_MIN_FREE: u64 = 64 << 20;
+
+/// Largest file the FUSE mount lets a write or truncate make (larger: `EFBIG`). Every byte of
+/// a file, zeros of a sparse one included, travels through the log today, so the bound keeps
+/// one `truncate` from filling every node's disk.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 16 << 30;
 /// Largest piece of a snapshot sent in one peer message, in bytes.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Largest batch of log lines one AppendEntries carries (a single larger entry still goes
@@ -76,6 +81,8 @@ pub struct Config {
     pub allow_other: bool,
     /// See [`DEFAULT_MIN_FREE`]; 0 turns the guard off.
     pub min_free: u64,
+    /// See [`DEFAULT_MAX_FILE_SIZE`].
+    pub max_file_size: u64,
     /// Shared secret every request to peer and membership routes must carry.
     pub cluster_token: Option<String>,
     /// Serve HTTPS (and call peers over HTTPS) when set.
@@ -100,6 +107,7 @@ impl Config {
             stale_reads: false,
             allow_other: false,
             min_free: DEFAULT_MIN_FREE,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
             cluster_token: None,
             tls: None,
         }

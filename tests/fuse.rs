@@ -489,3 +489,29 @@ fn directories_count_their_subdirectories_and_files_their_blocks() {
     std::fs::remove_dir(d.join("b")).unwrap();
     assert_eq!(std::fs::metadata(&d).unwrap().nlink(), 4);
 }
+
+#[test]
+fn files_past_the_largest_size_are_efbig_not_eio() {
+    if !fuse_available() {
+        return;
+    }
+    let (_c, mounts) = mounted_cluster(&["--max-file-size", "1048576"]);
+    let f = mounts[0].join("f");
+    std::fs::write(&f, b"keep").unwrap();
+    let open = || std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    // POSIX: a size past the largest file is EFBIG, as a local filesystem answers.
+    for size in [(1 << 20) + 1, 100 << 40] {
+        let err = open().set_len(size).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "truncate to {size}: {err}");
+    }
+    let err = std::os::unix::fs::FileExt::write_at(&open(), b"x", 1 << 20).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EFBIG),
+        "write past the limit: {err}"
+    );
+    assert_eq!(std::fs::read(&f).unwrap(), b"keep");
+    // Up to the limit is fine.
+    open().set_len(1 << 20).unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 1 << 20);
+}

@@ -392,6 +392,10 @@ impl Filesystem for RaftFs {
             Ok(h) => h,
             Err(e) => return failed("write", reply).error(e),
         };
+        let end = (offset as u64).saturating_add(data.len() as u64);
+        if flags & libc::O_APPEND == 0 && end > self.shared.node.config().max_file_size {
+            return failed("write", reply).error(libc::EFBIG);
+        }
         // A shared buffer's end is known only here, not to the kernel.
         let written = if flags & libc::O_APPEND != 0 {
             locked(&handle).append(data)

@@ -111,6 +111,10 @@ impl Shared {
         open_writer: Option<&handles::Shared>,
         size: u64,
     ) -> Result<()> {
+        let limit = self.node.config().max_file_size;
+        if size > limit {
+            return Err(Error::TooLarge { limit });
+        }
         let resize_err = |e| Error::io("resize", std::io::Error::from_raw_os_error(e));
         if let Some(handle) = open_writer {
             return locked(handle).resize(size).map_err(resize_err);
