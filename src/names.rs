@@ -8,8 +8,8 @@
 
 /// Longest accepted path component, in bytes (the usual filesystem limit).
 pub const MAX_COMPONENT: usize = 255;
-/// Longest accepted path, in bytes.
-pub const MAX_PATH: usize = 1024;
+/// Longest accepted path, in bytes: Linux's `PATH_MAX` (4,096 with the terminating NUL).
+pub const MAX_PATH: usize = 4095;
 /// Deepest accepted nesting.
 pub const MAX_DEPTH: usize = 32;
 
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn dangerous_names_are_refused_with_their_reason() {
         let long = "x".repeat(256);
-        let longest = vec!["x"; 600].join("/");
+        let longest = vec!["x".repeat(255); 17].join("/");
         let deep = vec!["d"; 33].join("/");
         for (name, why) in [
             ("", NameError::Empty),
@@ -146,6 +146,14 @@ mod tests {
             assert_eq!(check(name), Err(why), "{name:?}");
         }
         assert!(NameError::TooLong.is_length() && !NameError::Dots.is_length());
+    }
+
+    #[test]
+    fn a_path_as_long_as_linux_allows_is_accepted() {
+        let max = vec!["x".repeat(255); 16].join("/");
+        assert_eq!(max.len(), 4095);
+        check(&max).unwrap();
+        assert_eq!(check(&format!("{max}y")), Err(NameError::TooLong));
     }
 
     #[test]

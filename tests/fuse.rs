@@ -515,3 +515,88 @@ fn files_past_the_largest_size_are_efbig_not_eio() {
     open().set_len(1 << 20).unwrap();
     assert_eq!(std::fs::metadata(&f).unwrap().len(), 1 << 20);
 }
+
+/// `*at` calls relative to a directory, for paths too long to be given whole from `/` (as
+/// programs working inside a tree use them).
+struct At(std::fs::File);
+
+impl At {
+    fn new(dir: &Path) -> At {
+        At(std::fs::File::open(dir).unwrap())
+    }
+
+    fn c(path: &str) -> std::ffi::CString {
+        std::ffi::CString::new(path).unwrap()
+    }
+
+    fn errno<T: PartialOrd + Default>(r: T) -> Result<T, i32> {
+        if r < T::default() {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+        } else {
+            Ok(r)
+        }
+    }
+
+    fn dir(&self, path: &str) -> At {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let fd =
+            Self::errno(unsafe { libc::openat(self.0.as_raw_fd(), Self::c(path).as_ptr(), flags) }).unwrap();
+        At(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+
+    fn mkdir(&self, path: &str) -> Result<(), i32> {
+        use std::os::fd::AsRawFd;
+        Self::errno(unsafe { libc::mkdirat(self.0.as_raw_fd(), Self::c(path).as_ptr(), 0o755) }).map(|_| ())
+    }
+
+    fn write(&self, path: &str, data: &[u8]) -> Result<(), i32> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
+        let fd =
+            Self::errno(unsafe { libc::openat(self.0.as_raw_fd(), Self::c(path).as_ptr(), flags, 0o644) })?;
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        std::io::Write::write_all(&mut file, data).map_err(|e| e.raw_os_error().unwrap())
+    }
+
+    fn read(&self, path: &str) -> Result<Vec<u8>, i32> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd =
+            Self::errno(unsafe { libc::openat(self.0.as_raw_fd(), Self::c(path).as_ptr(), libc::O_RDONLY) })?;
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut data).map_err(|e| e.raw_os_error().unwrap())?;
+        Ok(data)
+    }
+}
+
+#[test]
+fn paths_as_long_as_linux_allows_work_on_the_mount_and_over_http() {
+    if !fuse_available() {
+        return;
+    }
+    let (c, mounts) = mounted_cluster(&[]);
+    // 15 directories and a file, 255 bytes each: 4,095 bytes from the root (PATH_MAX - 1).
+    let components: Vec<String> = (0..16).map(|i| format!("{i:x}").repeat(255)).collect();
+    let name = components.join("/");
+    assert_eq!(name.len(), 4095);
+    let here = At::new(&mounts[0]);
+    for depth in 1..16 {
+        here.mkdir(&components[..depth].join("/")).unwrap();
+    }
+    here.write(&name, b"deep").unwrap();
+    // The same name over HTTP on another node, and through a third node's mount.
+    let (code, body) = c.nodes[1].get(&format!("/files/{name}"));
+    assert_eq!((code, body.as_slice()), (200, &b"deep"[..]));
+    assert_eq!(At::new(&mounts[2]).read(&name).unwrap(), b"deep");
+    // Longer is refused: ENAMETOOLONG on the mount (reached from a directory deep inside, so
+    // the kernel does not see the whole path), 400 over HTTP.
+    let deep = here.dir(&components[..15].join("/"));
+    deep.mkdir("z").unwrap();
+    assert_eq!(
+        deep.dir("z").write(&"y".repeat(255), b"no"),
+        Err(libc::ENAMETOOLONG)
+    );
+    let (code, _) = c.nodes[1].request("PUT", &format!("/files/{name}y"), b"no");
+    assert_eq!(code, 400);
+}
