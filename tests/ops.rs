@@ -52,6 +52,10 @@ fn metrics_are_valid_and_move_under_load() {
     let leader = c.wait_leader();
     let follower = c.followers(leader)[0];
     let (l, f) = (c.nodes[leader].name.clone(), c.nodes[follower].name.clone());
+    // A node is ready once it has learned the commit index from the leader, just after start.
+    wait_for(Duration::from_secs(20), "the follower to be ready", || {
+        (http(&f, "GET", "/readyz", b"").ok()?.0 == 200).then_some(())
+    });
     let before_l = scrape(&l);
     let before_f = scrape(&f);
 
@@ -215,7 +219,9 @@ fn readiness_waits_for_a_restarted_node_to_catch_up() {
     let f = c.followers(leader)[1];
     let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
     let name = c.nodes[f].name.clone();
-    assert_eq!(http(&name, "GET", "/readyz", b"").unwrap().0, 200);
+    wait_for(Duration::from_secs(20), "the follower to be ready", || {
+        (http(&name, "GET", "/readyz", b"").ok()?.0 == 200).then_some(())
+    });
     assert_eq!(http(&name, "GET", "/healthz", b"").unwrap().0, 200);
 
     // While the node is down the others commit a lot it must then catch up with.

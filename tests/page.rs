@@ -207,9 +207,9 @@ fn the_cluster_page_works_in_a_real_browser() {
         "the leader on the page",
         &format!("return document.querySelector('#leader').textContent === '{leader_name}' && document.querySelector('#members tr[data-name=\"{leader_name}\"]').dataset.role === 'leader'"),
     );
-    assert_eq!(
-        browser.eval("return document.querySelector('#banner').classList.contains('shown')"),
-        false
+    browser.wait_until(
+        "no banner once the node is ready",
+        "return !document.querySelector('#banner').classList.contains('shown')",
     );
 
     // Upload through the form; another node serves it over HTTP.
