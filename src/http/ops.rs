@@ -156,7 +156,9 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    // The path only for the access log, and only when that log is on: this runs per request.
+    let path = tracing::enabled!(target: "raftd::access", tracing::Level::DEBUG)
+        .then(|| req.uri().path().to_string());
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -182,7 +184,9 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    tracing::debug!(target: "raftd::access", request_id = %id, %method, %path, status, micros = elapsed.as_micros() as u64, "request");
+    if let Some(path) = path {
+        tracing::debug!(target: "raftd::access", request_id = %id, %method, %path, status, micros = elapsed.as_micros() as u64, "request");
+    }
     response
 }
 
