@@ -377,6 +377,7 @@ impl Node {
                 mtime,
                 req,
                 existing,
+                patch: None,
             }))
             .await
         };
@@ -388,6 +389,7 @@ impl Node {
                 mtime,
                 req: None,
                 existing: false,
+                patch: None,
             };
             if let Err(e) = self.propose(Command::Commit(abort)).await {
                 debug!(cause = %e, upload, "could not abort upload");

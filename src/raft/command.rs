@@ -4,6 +4,12 @@
 //! request id), so applying the same entry on any node, or again after a crash, yields the same
 //! tree. Large contents never travel as one entry: they are cut into `file:chunk` entries that
 //! stage an upload, and a `file:commit` moves the assembled file into place.
+//!
+//! A change to part of a file travels as what changed: a `file:patch` carries the bytes
+//! written at their offsets, the ranges that became zeros (kept as holes) and the new length,
+//! so a one-byte change to a large file is a one-byte entry and a sparse extension costs
+//! nothing. A patch too large for one entry stages its bytes as chunks, and its `file:commit`
+//! carries the layout that places them.
 
 use base64::Engine as _;
 use serde::de::{self, MapAccess, Visitor};
@@ -165,6 +171,78 @@ pub struct Commit {
     /// As [`Write::existing`].
     #[serde(default, skip_serializing_if = "is_false")]
     pub existing: bool,
+    /// Place the staged bytes into the file (a large `file:patch`) instead of replacing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<StagedPatch>,
+}
+
+/// `[offset, length]`: a byte range of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span(pub u64, pub u64);
+
+impl Span {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.0.saturating_add(self.1)
+    }
+}
+
+/// Bytes written at an offset, inside a [`Patch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// Where the bytes go.
+    pub offset: u64,
+    /// The bytes.
+    #[serde(flatten)]
+    pub data: Data,
+}
+
+/// The shape of a change to part of a file, applied in this order: cut to `cut` (a truncate
+/// since the last commit: what lay past it reads as zeros), set the length to `size`, turn
+/// the `zeros` ranges into holes, then write the bytes. The same result however often it is
+/// applied, and every replica keeps the holes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Layout {
+    /// Shortest length the file had since the last commit, if it was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<u64>,
+    /// Length afterwards.
+    pub size: u64,
+    /// Ranges that read as zeros afterwards (punched, not written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zeros: Vec<Span>,
+}
+
+/// Change part of a file (creating it, and its parents, if it does not exist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Patch {
+    /// Relative path inside the replicated tree.
+    pub filename: String,
+    /// Cut, length and zeroed ranges.
+    #[serde(flatten)]
+    pub layout: Layout,
+    /// Bytes written, at their offsets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<Piece>,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime: u64,
+    /// Retry de-duplication id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<RequestId>,
+    /// As [`Write::existing`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub existing: bool,
+}
+
+/// How a `file:commit` places staged bytes into the existing file instead of replacing it:
+/// the staged pieces, concatenated, fill `spans` in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedPatch {
+    /// Cut, length and zeroed ranges.
+    #[serde(flatten)]
+    pub layout: Layout,
+    /// Where the staged bytes go.
+    pub spans: Vec<Span>,
 }
 
 /// One replicated file operation; the variant decides the log line's command name.
@@ -186,6 +264,8 @@ pub enum Command {
     Chunk(Chunk),
     /// `file:commit`
     Commit(Commit),
+    /// `file:patch`
+    Patch(Patch),
 }
 
 impl Command {
@@ -200,6 +280,7 @@ impl Command {
             Command::Touch(_) => "file:touch",
             Command::Chunk(_) => "file:chunk",
             Command::Commit(_) => "file:commit",
+            Command::Patch(_) => "file:patch",
         }
     }
 
@@ -211,6 +292,7 @@ impl Command {
             Command::Mkdir(c) | Command::Rmdir(c) => c.req,
             Command::Rename(c) => c.req,
             Command::Commit(c) => c.req,
+            Command::Patch(c) => c.req,
             Command::Touch(_) | Command::Chunk(_) => None,
         }
     }
@@ -223,6 +305,7 @@ impl Command {
             Command::Mkdir(c) | Command::Rmdir(c) => Some(c.mtime),
             Command::Touch(c) => Some(c.mtime),
             Command::Commit(c) => Some(c.mtime),
+            Command::Patch(c) => Some(c.mtime),
             Command::Delete(_) | Command::Rename(_) | Command::Chunk(_) => None,
         }
     }
@@ -235,6 +318,7 @@ impl Command {
             Command::Mkdir(c) | Command::Rmdir(c) => c.req = Some(id),
             Command::Rename(c) => c.req = Some(id),
             Command::Commit(c) => c.req = Some(id),
+            Command::Patch(c) => c.req = Some(id),
             Command::Touch(_) | Command::Chunk(_) => {}
         }
     }
@@ -243,6 +327,7 @@ impl Command {
     pub fn names(&self) -> Vec<&str> {
         match self {
             Command::Write(c) => vec![&c.filename],
+            Command::Patch(c) => vec![&c.filename],
             Command::Touch(c) => vec![&c.filename],
             Command::Delete(c) => vec![&c.filename],
             Command::Mkdir(c) | Command::Rmdir(c) => vec![&c.dirname],
@@ -257,7 +342,7 @@ impl Command {
         match self {
             Command::Delete(_) | Command::Rmdir(_) | Command::Rename(_) | Command::Touch(_) => false,
             Command::Commit(c) => c.filename.is_some(),
-            Command::Write(_) | Command::Mkdir(_) | Command::Chunk(_) => true,
+            Command::Write(_) | Command::Mkdir(_) | Command::Chunk(_) | Command::Patch(_) => true,
         }
     }
 
@@ -266,6 +351,7 @@ impl Command {
         match self {
             Command::Write(c) => c.data.0.len(),
             Command::Chunk(c) => c.data.0.len(),
+            Command::Patch(c) => c.writes.iter().map(|w| w.data.0.len()).sum(),
             _ => 0,
         }
     }
@@ -280,6 +366,7 @@ impl Command {
             Command::Touch(c) => serde_json::to_string(c),
             Command::Chunk(c) => serde_json::to_string(c),
             Command::Commit(c) => serde_json::to_string(c),
+            Command::Patch(c) => serde_json::to_string(c),
         }
     }
 
@@ -294,6 +381,7 @@ impl Command {
             "file:touch" => serde_json::from_str(json).map(Command::Touch),
             "file:chunk" => serde_json::from_str(json).map(Command::Chunk),
             "file:commit" => serde_json::from_str(json).map(Command::Commit),
+            "file:patch" => serde_json::from_str(json).map(Command::Patch),
             _ => return None,
         })
     }
@@ -335,6 +423,32 @@ mod tests {
         assert_eq!(back, c);
         let wire = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Command>(&wire).unwrap(), c);
+    }
+
+    #[test]
+    fn a_patch_reads_as_what_changed() {
+        let c = Command::Patch(Patch {
+            filename: "big".into(),
+            layout: Layout {
+                cut: Some(10),
+                size: (1 << 31) + 2,
+                zeros: vec![Span(0, 4096)],
+            },
+            writes: vec![Piece {
+                offset: (1 << 31) + 1,
+                data: Data(b"x".to_vec()),
+            }],
+            mtime: 7,
+            req: Some(1),
+            existing: true,
+        });
+        let json = c.body_json().unwrap();
+        assert_eq!(
+            json,
+            r#"{"filename":"big","cut":10,"size":2147483650,"zeros":[[0,4096]],"writes":[{"offset":2147483649,"content":"x"}],"mtime":7,"req":1,"existing":true}"#
+        );
+        assert_eq!(Command::from_name_json("file:patch", &json).unwrap().unwrap(), c);
+        assert_eq!(c.data_len(), 1);
     }
 
     #[test]

@@ -111,6 +111,11 @@ impl Beneath {
         Ok(File::from(self.open_at(name, OFlags::RDONLY)?))
     }
 
+    /// Opens a file for changing in place (a patch applied where nothing else can see it).
+    pub fn open_rw(&self, name: &str) -> io::Result<File> {
+        Ok(File::from(self.open_at(name, OFlags::RDWR)?))
+    }
+
     /// Metadata of `name` (not following a final symlink); the empty name is the root.
     pub fn stat(&self, name: &str) -> io::Result<Meta> {
         let st = if name.is_empty() {

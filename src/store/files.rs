@@ -10,10 +10,13 @@
 //! ```
 //!
 //! Every change to `files/` is a rename of a complete temp file, an unlink, a mkdir/rmdir or a
-//! rename: no file's contents are ever modified in place. So readers always see whole
-//! versions, and snapshots can hard-link the tree instead of copying it. The one change to an
-//! existing inode is `file:touch` (its mtime); while a snapshot is being archived from hard
-//! links, a touch first replaces the file with a copy, so the snapshot keeps the old time.
+//! rename, or a change to an inode that nothing else can see. So readers always see whole
+//! versions, and snapshots can hard-link the tree instead of copying it. Two commands change
+//! an existing inode: `file:touch` (its mtime) and `file:patch` (part of its contents). A
+//! patch goes into the live inode only when no reader holds it open and no snapshot or backup
+//! links it, and new readers wait while it does; otherwise the file is copied (holes stay
+//! holes), patched and swapped in. While a snapshot is being archived from hard links, a touch
+//! first replaces the file with a copy, so the snapshot keeps the old time.
 //!
 //! Outcomes that depend only on the tree (missing file, not a directory, …) are
 //! [`FileError`]s: every replica reaches the same one. Anything else (EIO, ENOSPC) is a local
@@ -33,7 +36,7 @@ use super::beneath::Beneath;
 use super::recycle::{ReadFile, Recycler};
 use crate::error::FileError;
 use crate::names;
-use crate::raft::command::{Chunk, Command, Commit, Data};
+use crate::raft::command::{Chunk, Command, Commit, Data, Layout, Patch, Span};
 
 /// Converts a command's nanosecond timestamp to a `SystemTime`.
 pub fn time_from_nanos(nanos: u64) -> SystemTime {
@@ -207,6 +210,101 @@ impl Tree {
             Command::Touch(c) => self.touch(&c.filename, c.mtime, tag),
             Command::Chunk(c) => self.chunk(c),
             Command::Commit(c) => self.commit(c, tag),
+            Command::Patch(c) => self.patch(c, tag),
+        }
+    }
+
+    /// `file:patch`: change part of a file, or create it from the patch alone.
+    pub fn patch(&self, patch: &Patch, tag: u64) -> Applied {
+        let spans: Vec<Span> = patch
+            .writes
+            .iter()
+            .map(|w| Span(w.offset, w.data.0.len() as u64))
+            .collect();
+        if let Err(e) = self.check_layout(&patch.filename, &patch.layout, &spans) {
+            return Ok(Err(e));
+        }
+        self.patch_with(
+            &patch.filename,
+            &patch.layout,
+            patch.mtime,
+            tag,
+            patch.existing,
+            |file| {
+                for w in &patch.writes {
+                    file.write_all_at(&w.data.0, w.offset)?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Refuses, the same way on every replica, a patch whose length or ranges make no sense.
+    fn check_layout(&self, name: &str, layout: &Layout, spans: &[Span]) -> Result<(), FileError> {
+        checked(name)?;
+        let inside = |s: &Span| s.0.checked_add(s.1).is_some_and(|end| end <= layout.size);
+        if layout.size > MAX_FILE_SIZE || !spans.iter().chain(&layout.zeros).all(inside) {
+            return Err(FileError::Invalid(format!(
+                "{name}: a patch to length {} with ranges past it or beyond {MAX_FILE_SIZE} bytes",
+                layout.size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies a layout and `write` to `name`: in the live inode when nothing else can see it
+    /// (see the module notes), else to a sparse copy swapped in; a missing file is created.
+    fn patch_with(
+        &self,
+        name: &str,
+        layout: &Layout,
+        mtime: u64,
+        tag: u64,
+        existing: bool,
+        write: impl FnOnce(&File) -> io::Result<()>,
+    ) -> Applied {
+        let current = match self.files.stat(name) {
+            Ok(m) if m.is_dir => return Ok(Err(FileError::IsADirectory(name.to_string()))),
+            Ok(m) if !m.is_file => return Ok(Err(FileError::Invalid(name.to_string()))),
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return outcome(name, e).map(Err),
+        };
+        let shaped = |file: &File| -> io::Result<()> {
+            shape(file, layout)?;
+            write(file)?;
+            file.set_modified(time_from_nanos(mtime))
+        };
+        let temp = self.temp(tag);
+        let scratch = || {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp)
+        };
+        match current {
+            None if existing => Ok(Err(gone(name))),
+            None => {
+                shaped(&scratch()?)?;
+                self.install_timed(&temp, name)
+            }
+            Some(meta) => {
+                let live = self.files.open_rw(name)?;
+                let ino = std::os::unix::fs::MetadataExt::ino(&live.metadata()?);
+                if meta.nlink == 1 {
+                    if let Some(_no_new_readers) = self.recycler.exclusive(ino) {
+                        shaped(&live)?;
+                        return Ok(Ok(()));
+                    }
+                }
+                let copy = scratch()?;
+                super::sparse::copy(&live, &copy, layout.cut.unwrap_or(u64::MAX).min(meta.size))?;
+                shaped(&copy)?;
+                drop(copy);
+                self.install_timed(&temp, name)
+            }
         }
     }
 
@@ -391,6 +489,24 @@ impl Tree {
             Err(e) => return Err(e),
         };
         pieces.sort();
+        if let Some(patch) = &commit.patch {
+            let staged = pieces
+                .iter()
+                .map(|p| fs::metadata(p).map(|m| m.len()))
+                .sum::<io::Result<u64>>()?;
+            let placed: u64 = patch.spans.iter().map(|s| s.1).sum();
+            let result = match self.check_layout(name, &patch.layout, &patch.spans) {
+                Err(e) => Ok(Err(e)),
+                Ok(()) if staged != placed => Ok(Err(FileError::Invalid(format!(
+                    "{name}: {staged} staged bytes for {placed} bytes of ranges"
+                )))),
+                Ok(()) => self.patch_with(name, &patch.layout, commit.mtime, tag, false, |file| {
+                    place(&pieces, &patch.spans, file)
+                }),
+            }?;
+            fs::remove_dir_all(&dir)?;
+            return Ok(result);
+        }
         let temp = self.temp(tag);
         let mut out = File::create(&temp)?;
         for piece in &pieces {
@@ -401,6 +517,45 @@ impl Tree {
         fs::remove_dir_all(&dir)?;
         Ok(result)
     }
+}
+
+/// The longest file a patch may make: ext4's limit with 4 KiB blocks. Checked where patches
+/// apply, so every replica refuses an absurd length alike instead of one disk failing it.
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// Cuts, sizes and punches `file` as `layout` says (see [`Layout`]).
+fn shape(file: &File, layout: &Layout) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let kept = layout.cut.map_or(len, |cut| cut.min(len));
+    if kept < len {
+        file.set_len(kept)?;
+    }
+    if kept != layout.size {
+        file.set_len(layout.size)?;
+    }
+    for zero in &layout.zeros {
+        super::sparse::punch(file, zero.0, zero.1)?;
+    }
+    Ok(())
+}
+
+/// Writes the staged `pieces`, read in order as one stream, into `spans` of `file`.
+fn place(pieces: &[PathBuf], spans: &[Span], file: &File) -> io::Result<()> {
+    let mut stream: Box<dyn io::Read> = Box::new(io::empty());
+    for piece in pieces {
+        stream = Box::new(io::Read::chain(stream, File::open(piece)?));
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    for span in spans {
+        let mut at = span.0;
+        while at < span.end() {
+            let n = (span.end() - at).min(buf.len() as u64) as usize;
+            io::Read::read_exact(&mut stream, &mut buf[..n])?;
+            file.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// The file in an upload's staging directory holding its last chunk's log clock.
@@ -465,6 +620,160 @@ mod tests {
         }
     }
 
+    fn patch(name: &str, cut: Option<u64>, size: u64, zeros: &[(u64, u64)], writes: &[(u64, &str)]) -> Patch {
+        use crate::raft::command::Piece;
+        Patch {
+            filename: name.into(),
+            layout: Layout {
+                cut,
+                size,
+                zeros: zeros.iter().map(|&(o, l)| Span(o, l)).collect(),
+            },
+            writes: writes
+                .iter()
+                .map(|&(offset, text)| Piece {
+                    offset,
+                    data: Data(text.into()),
+                })
+                .collect(),
+            mtime: 5_000_000_000,
+            req: None,
+            existing: false,
+        }
+    }
+
+    /// A patch changes only what it names: bytes at offsets, a cut, a new length, holes; far
+    /// offsets and long lengths cost no space.
+    #[test]
+    fn patches_change_what_they_name_and_keep_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let path = tree.root.join("f");
+        let far = (1u64 << 31) + 1;
+        tree.patch(&patch("f", None, far + 1, &[], &[(far, "x")]), 1)
+            .unwrap()
+            .unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), far + 1);
+        assert!(meta.blocks() <= 64, "sparse: {} blocks", meta.blocks());
+        let mut byte = [0u8; 1];
+        File::open(&path).unwrap().read_exact_at(&mut byte, far).unwrap();
+        assert_eq!(&byte, b"x");
+        assert_eq!(meta.mtime(), 5);
+
+        tree.write("g", &Data(b"abcdefgh".to_vec()), 1, 2)
+            .unwrap()
+            .unwrap();
+        let ino = fs::metadata(tree.root.join("g")).unwrap().ino();
+        tree.patch(&patch("g", Some(2), 6, &[], &[(4, "X")]), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs::read(tree.root.join("g")).unwrap(), b"ab\0\0X\0");
+        assert_eq!(
+            fs::metadata(tree.root.join("g")).unwrap().ino(),
+            ino,
+            "changed in place: nobody was reading it"
+        );
+
+        // A reader keeps its whole version: the patch goes to a copy, holes and all.
+        let reader = tree.open_read("f").unwrap();
+        tree.patch(&patch("f", None, far + 1, &[(0, 4096)], &[(1, "y")]), 4)
+            .unwrap()
+            .unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_ne!(meta.ino(), reader.metadata().unwrap().ino());
+        assert!(
+            meta.blocks() <= 64,
+            "the copy is sparse: {} blocks",
+            meta.blocks()
+        );
+        let mut two = [0u8; 2];
+        File::open(&path).unwrap().read_exact_at(&mut two, 0).unwrap();
+        assert_eq!(&two, b"\0y");
+        reader.read_exact_at(&mut two, 0).unwrap();
+        assert_eq!(two, [0, 0]);
+        File::open(&path).unwrap().read_exact_at(&mut byte, far).unwrap();
+        assert_eq!(&byte, b"x", "the copy kept what the patch did not touch");
+
+        let refused = |r: Applied| matches!(r.unwrap(), Err(FileError::Invalid(_)));
+        assert!(refused(tree.patch(&patch("h", None, 2, &[], &[(2, "z")]), 5)));
+        assert!(refused(
+            tree.patch(&patch("h", None, MAX_FILE_SIZE + 1, &[], &[]), 6)
+        ));
+        assert!(refused(
+            tree.patch(&patch("h", None, 2, &[(1, u64::MAX)], &[]), 7)
+        ));
+        assert!(!tree.root.join("h").exists());
+        let mut gone_patch = patch("h", None, 1, &[], &[]);
+        gone_patch.existing = true;
+        assert!(matches!(
+            tree.patch(&gone_patch, 8).unwrap(),
+            Err(FileError::NotFound(_))
+        ));
+        tree.mkdir("d", 1).unwrap().unwrap();
+        assert_eq!(
+            tree.patch(&patch("d", None, 1, &[], &[]), 9).unwrap(),
+            Err(FileError::IsADirectory("d".into()))
+        );
+    }
+
+    /// A large patch stages its bytes as chunks; the commit places them by its spans.
+    #[test]
+    fn a_staged_patch_places_its_pieces() {
+        use crate::raft::command::StagedPatch;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        tree.write("f", &Data(b"0123456789".to_vec()), 1, 1)
+            .unwrap()
+            .unwrap();
+        for (seq, text) in ["ab", "cde"].iter().enumerate() {
+            let chunk = Chunk {
+                upload: 9,
+                seq: seq as u32,
+                data: Data(text.as_bytes().to_vec()),
+            };
+            tree.chunk(&chunk).unwrap().unwrap();
+        }
+        let commit = |spans: Vec<Span>| Commit {
+            upload: 9,
+            filename: Some("f".into()),
+            mtime: 1,
+            req: None,
+            existing: true,
+            patch: Some(StagedPatch {
+                layout: Layout {
+                    cut: None,
+                    size: 12,
+                    zeros: vec![],
+                },
+                spans,
+            }),
+        };
+        assert!(matches!(
+            tree.commit(&commit(vec![Span(0, 1)]), 2).unwrap(),
+            Err(FileError::Invalid(_))
+        ));
+        assert_eq!(
+            fs::read(tree.root.join("f")).unwrap(),
+            b"0123456789",
+            "refused whole"
+        );
+        for (seq, text) in ["ab", "cde"].iter().enumerate() {
+            let chunk = Chunk {
+                upload: 9,
+                seq: seq as u32,
+                data: Data(text.as_bytes().to_vec()),
+            };
+            tree.chunk(&chunk).unwrap().unwrap();
+        }
+        tree.commit(&commit(vec![Span(1, 1), Span(5, 3), Span(11, 1)]), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs::read(tree.root.join("f")).unwrap(), b"0a234bcd89\0e");
+        assert_eq!(fs::read_dir(&tree.uploads).unwrap().count(), 0);
+    }
+
     #[test]
     fn operations_give_deterministic_outcomes() {
         let dir = tempfile::tempdir().unwrap();
@@ -516,6 +825,7 @@ mod tests {
                 mtime: 0,
                 req: None,
                 existing: false,
+                patch: None,
             };
             assert!(refused(tree.commit(&commit, 2)), "commit {bad:?}");
         }

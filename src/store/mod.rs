@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod files;
 pub mod recycle;
 pub mod snapshot;
+pub mod sparse;
 pub(crate) mod state_machine;
 
 use std::io;

@@ -60,6 +60,13 @@ impl Recycler {
         fs::remove_file(&path)
     }
 
+    /// Holds off new readers while the caller changes inode `ino` in place, if nobody reads it
+    /// now; `None` if someone does (the change must then go to a copy).
+    pub(crate) fn exclusive(&self, ino: u64) -> Option<impl Drop + '_> {
+        let readers = self.readers.lock().expect("readers lock");
+        (!readers.contains_key(&ino)).then_some(readers)
+    }
+
     /// Opens a file with `open` and counts it as read until the returned handle is dropped.
     pub(crate) fn open_read(
         self: &Arc<Self>,
