@@ -1,8 +1,8 @@
 //! Snapshot files: a point-in-time copy of the tree, streamed into one self-describing file.
 //!
 //! Building: under the state-machine lock (so no entry is half-applied) the tree is
-//! hard-linked into a staging directory — cheap, and exact, because the tree is only ever
-//! changed by renames and unlinks, never by writing into a file. The lock is then released and
+//! hard-linked into a staging directory — cheap, and exact, because a linked file is never
+//! written into: apply replaces it, or patches a copy (see [`super::files`]). The lock is then released and
 //! the archive is written from the staging copy while `apply` carries on.
 //!
 //! Format (text header lines, raw contents), so `head` on a snapshot is informative:
@@ -13,15 +13,20 @@
 //! {"path":"files/a","kind":"dir","mtime":…}
 //! {"path":"files/a/b","kind":"file","mtime":…,"size":3}
 //! <3 bytes>
+//! {"path":"files/sparse","kind":"file","mtime":…,"size":1073741824,"data":[[0,4096]]}
+//! <4096 bytes>
 //! {"kind":"end"}
 //! ```
+//!
+//! A file with holes lists the ranges that hold data; only those bytes follow, and the holes
+//! stay holes where the archive is unpacked.
 //!
 //! Extraction validates every path with the same rules as client names, so a damaged or
 //! hostile snapshot cannot write outside the directory it is unpacked into.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -45,9 +50,43 @@ pub struct Header {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 enum Record {
-    Dir { path: String, mtime: u64 },
-    File { path: String, mtime: u64, size: u64 },
+    Dir {
+        path: String,
+        mtime: u64,
+    },
+    File {
+        path: String,
+        mtime: u64,
+        size: u64,
+        /// `[offset, length]` of each range holding data, for a file with holes; the bytes
+        /// of these ranges follow, in order. Absent: all `size` bytes follow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Vec<(u64, u64)>>,
+    },
     End,
+}
+
+impl Record {
+    /// Bytes of contents that follow the record's line.
+    fn content_len(&self) -> u64 {
+        match self {
+            Record::File { data: Some(d), .. } => d.iter().map(|e| e.1).sum(),
+            Record::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+}
+
+/// Checks that a file's data ranges are in order, apart and inside its length.
+fn check_extents(path: &str, size: u64, data: &[(u64, u64)]) -> io::Result<()> {
+    let mut at = 0u64;
+    for &(offset, len) in data {
+        match offset.checked_add(len) {
+            Some(end) if offset >= at && end <= size => at = end,
+            _ => return Err(invalid(format!("{path:?}: bad data ranges in snapshot"))),
+        }
+    }
+    Ok(())
 }
 
 fn mtime_nanos(meta: &fs::Metadata) -> u64 {
@@ -129,16 +168,26 @@ fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
             return writeln!(w);
         }
         let path = path.to_string();
+        let file = File::open(source)?;
+        let size = meta.len();
+        let extents = super::sparse::data_extents(&file, 0, size)?;
+        let dense = extents.is_empty() && size == 0 || extents == [(0, size)];
         let record = Record::File {
             path,
             mtime,
-            size: meta.len(),
+            size,
+            data: (!dense).then(|| extents.clone()),
         };
         serde_json::to_writer(&mut *w, &record)?;
         writeln!(w)?;
-        let copied = io::copy(&mut File::open(source)?.take(meta.len()), w)?;
-        if copied != meta.len() {
-            return Err(io::Error::other("file changed size while being archived"));
+        let ranges = if dense { vec![(0, size)] } else { extents };
+        for (offset, len) in ranges {
+            let mut part = io::Read::take(&file, 0);
+            part.get_mut().seek(io::SeekFrom::Start(offset))?;
+            part.set_limit(len);
+            if io::copy(&mut part, w)? != len {
+                return Err(io::Error::other("file changed size while being archived"));
+            }
         }
         Ok(())
     })
@@ -189,14 +238,23 @@ pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
                 fs::create_dir_all(&target)?;
                 dir_times.push((target, mtime));
             }
-            Record::File { path, mtime, size } => {
+            Record::File {
+                path,
+                mtime,
+                size,
+                data,
+            } => {
                 let mut out = File::create(dest.join(&path))?;
-                if io::copy(&mut (&mut r).take(size), &mut out)? != size {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "snapshot archive is truncated",
-                    ));
+                for (offset, len) in data.unwrap_or_else(|| vec![(0, size)]) {
+                    out.seek(io::SeekFrom::Start(offset))?;
+                    if io::copy(&mut (&mut r).take(len), &mut out)? != len {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "snapshot archive is truncated",
+                        ));
+                    }
                 }
+                out.set_len(size)?;
                 out.set_modified(time_from_nanos(mtime))?;
             }
         }
@@ -226,6 +284,15 @@ impl Layout {
         let (path, is_dir) = match record {
             Record::End => return Ok(()),
             Record::Dir { path, .. } => (path, true),
+            Record::File {
+                path,
+                size,
+                data: Some(data),
+                ..
+            } => {
+                check_extents(path, *size, data)?;
+                (path, false)
+            }
             Record::File { path, .. } => (path, false),
         };
         let rest = path
@@ -337,10 +404,10 @@ impl Validator {
             _ => {
                 let record: Record = serde_json::from_slice(line)?;
                 self.layout.check(&record)?;
-                match record {
-                    Record::End => Expect::Nothing,
-                    Record::File { size, .. } if size > 0 => Expect::Content(size),
-                    _ => Expect::Record,
+                match record.content_len() {
+                    _ if matches!(record, Record::End) => Expect::Nothing,
+                    0 => Expect::Record,
+                    n => Expect::Content(n),
                 }
             }
         };
@@ -395,6 +462,57 @@ mod tests {
             b"part"
         );
         assert_eq!(read_header(&archive).unwrap().dedup, header.dedup);
+    }
+
+    /// A sparse file travels as its data ranges and unpacks with its holes.
+    #[test]
+    fn holes_stay_holes_through_an_archive() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("files")).unwrap();
+        fs::create_dir_all(src.path().join("uploads")).unwrap();
+        let far = 256u64 << 20;
+        let sparse = File::create(src.path().join("files/sparse")).unwrap();
+        sparse.write_all_at(b"a", 0).unwrap();
+        sparse.write_all_at(b"z", far).unwrap();
+        fs::write(src.path().join("files/dense"), b"dense").unwrap();
+        let header = Header {
+            meta: Default::default(),
+            dedup: Saved::default(),
+        };
+        let archive = src.path().join("snap");
+        write_archive(src.path(), &header, &archive).unwrap();
+        assert!(
+            fs::metadata(&archive).unwrap().len() < 1 << 20,
+            "holes are not archived"
+        );
+        let mut v = Validator::default();
+        for piece in fs::read(&archive).unwrap().chunks(7) {
+            v.feed(piece).unwrap();
+        }
+        v.finish().unwrap();
+
+        let dest = tempfile::tempdir().unwrap();
+        extract(File::open(&archive).unwrap(), dest.path()).unwrap();
+        let out = File::open(dest.path().join("files/sparse")).unwrap();
+        let meta = out.metadata().unwrap();
+        assert_eq!(meta.len(), far + 1);
+        assert!(meta.blocks() < 1024, "unpacked sparse: {} blocks", meta.blocks());
+        let mut byte = [0u8];
+        out.read_exact_at(&mut byte, far).unwrap();
+        assert_eq!(&byte, b"z");
+        out.read_exact_at(&mut byte, 4096).unwrap();
+        assert_eq!(byte, [0]);
+        assert_eq!(fs::read(dest.path().join("files/dense")).unwrap(), b"dense");
+
+        let bad = format!(
+            "{MAGIC}\n{}\n{{\"kind\":\"file\",\"path\":\"files/x\",\"mtime\":0,\"size\":4,\"data\":[[2,4]]}}\n",
+            serde_json::to_string(&header).unwrap()
+        );
+        assert!(
+            Validator::default().feed(bad.as_bytes()).is_err(),
+            "ranges past the length"
+        );
     }
 
     #[test]
