@@ -17,7 +17,6 @@
 //! whatever an applied change touched are invalidated.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -360,18 +359,11 @@ impl Filesystem for RaftFs {
             Ok(h) => h,
             Err(e) => return failed("read", reply).error(e),
         };
-        let guard = locked(&handle);
-        let file = guard.file();
         let mut buf = vec![0; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset as u64 + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return failed("read", reply).error(libc::EIO),
-            }
-        }
+        let filled = match locked(&handle).read_at(&mut buf, offset as u64) {
+            Ok(n) => n,
+            Err(_) => return failed("read", reply).error(libc::EIO),
+        };
         reply.data(&buf[..filled]);
     }
 
@@ -405,6 +397,69 @@ impl Filesystem for RaftFs {
         match written {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => failed("write", reply).error(e),
+        }
+    }
+
+    /// Buffered like a write: lengthening, punching or zeroing a range is committed with the
+    /// rest at close, and travels as a length or holes, not as zeros.
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        crate::metrics::events().fuse_op("fallocate");
+        let handle = match self.shared.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return failed("fallocate", reply).error(e),
+        };
+        let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return failed("fallocate", reply).error(libc::EINVAL);
+        };
+        let end = offset.saturating_add(length);
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > self.shared.node.config().max_file_size {
+            return failed("fallocate", reply).error(libc::EFBIG);
+        }
+        let allocated = locked(&handle).allocate(offset, length, mode);
+        match allocated {
+            Ok(()) => reply.ok(),
+            Err(e) => failed("fallocate", reply).error(e),
+        }
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other kinds itself): holes are
+    /// found as the handle sees the file.
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        crate::metrics::events().fuse_op("lseek");
+        let handle = match self.shared.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return failed("lseek", reply).error(e),
+        };
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return failed("lseek", reply).error(libc::EINVAL),
+        };
+        let Ok(at) = u64::try_from(offset) else {
+            return failed("lseek", reply).error(libc::ENXIO);
+        };
+        let found = locked(&handle).seek(at, data);
+        match found {
+            Ok(Some(found)) => reply.offset(found as i64),
+            Ok(None) => failed("lseek", reply).error(libc::ENXIO),
+            Err(e) => failed("lseek", reply).error(e.raw_os_error().unwrap_or(libc::EIO)),
         }
     }
 

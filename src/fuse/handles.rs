@@ -1,5 +1,8 @@
 //! Open files. A read handle pins the version of the file that was current at `open`; a write
-//! handle buffers the contents in a local file (disk, not memory) until they are committed.
+//! handle records what it changes — the bytes written (in a sparse local file, disk not
+//! memory), the ranges touched since the last commit, the shortest length the file was cut
+//! to — and reads the rest from the committed file. A commit sends only what changed: a
+//! `file:patch`, or a whole `file:write` when the handle rewrote the file from empty.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,8 +12,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::raft::command::RequestId;
+use super::ranges::Ranges;
+use crate::raft::command::{Layout, RequestId, Span};
 use crate::store::recycle::ReadFile;
+use crate::store::sparse;
 
 /// One open file.
 pub(crate) enum Handle {
@@ -20,12 +25,26 @@ pub(crate) enum Handle {
     Write(Writer),
 }
 
-/// Buffered contents of a file opened for writing.
+/// What a file opened for writing changed, and what it reads through.
 pub(crate) struct Writer {
     /// The inode being written.
     pub ino: u64,
+    /// Every byte written through this handle, at its offset (a sparse file).
     buffer: File,
     buffer_path: PathBuf,
+    /// The committed file as it was opened: read where nothing was written.
+    base: Option<ReadFile>,
+    /// Bytes of `base` at or past this read as zeros: the shortest length the file was cut
+    /// to since it was opened.
+    base_limit: u64,
+    /// Ranges whose bytes are in `buffer`.
+    written: Ranges,
+    /// Ranges changed since the last successful commit (inside `written`).
+    touched: Ranges,
+    /// The shortest length the file was cut to since the last successful commit.
+    cut: Option<u64>,
+    /// The file's length as this handle sees it.
+    size: u64,
     /// Changed since the last successful commit. A failed commit leaves it set, so the next
     /// fsync or close tries again instead of reporting success for data that never
     /// committed (the "fsyncgate" mistake).
@@ -44,11 +63,157 @@ pub(crate) struct Writer {
     existed: bool,
 }
 
+fn os_err(e: io::Error) -> libc::c_int {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
 impl Writer {
     fn changed(&mut self) {
         self.dirty = true;
         self.version += 1;
     }
+
+    /// Records bytes written at `offset`.
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.buffer.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        self.written.insert(offset, end);
+        self.touched.insert(offset, end);
+        self.size = self.size.max(end);
+        self.changed();
+        Ok(())
+    }
+
+    /// Sets the length: what lay past a shorter one reads as zeros from now on.
+    fn resize(&mut self, size: u64) -> io::Result<()> {
+        if size < self.size {
+            self.buffer.set_len(size.min(self.buffer.metadata()?.len()))?;
+            self.written.remove(size, u64::MAX);
+            self.touched.remove(size, u64::MAX);
+            self.base_limit = self.base_limit.min(size);
+            self.cut = Some(self.cut.map_or(size, |c| c.min(size)));
+        }
+        self.size = size;
+        self.changed();
+        Ok(())
+    }
+
+    /// Makes `[offset, end)` read as zeros, kept as a hole (`fallocate` punch or zero range).
+    fn zero(&mut self, offset: u64, end: u64) -> io::Result<()> {
+        let end = end.min(self.size);
+        if offset >= end {
+            return Ok(());
+        }
+        sparse::punch(&self.buffer, offset, end - offset)?;
+        self.written.insert(offset, end);
+        self.touched.insert(offset, end);
+        self.changed();
+        Ok(())
+    }
+
+    /// Reads what this handle sees at `offset`: its own bytes, else the committed file's
+    /// below `base_limit`, else zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let end = (offset + buf.len() as u64).min(self.size);
+        if offset >= end {
+            return Ok(0);
+        }
+        for (start, stop, mine) in self.written.pieces(offset, end) {
+            let part = &mut buf[(start - offset) as usize..(stop - offset) as usize];
+            let source = match (&self.base, mine) {
+                (_, true) => Some(&self.buffer),
+                (Some(base), false) if start < self.base_limit => Some(&**base),
+                _ => None,
+            };
+            let limit = if mine { stop } else { stop.min(self.base_limit) };
+            let filled = match source {
+                Some(file) => read_full(file, &mut part[..(limit - start) as usize], start)?,
+                None => 0,
+            };
+            part[filled..].fill(0);
+        }
+        Ok((end - offset) as usize)
+    }
+
+    /// The first offset at or after `at` holding data (`whence` `SEEK_DATA`) or a hole
+    /// (`SEEK_HOLE`), as this handle sees the file; `None` past the end (`ENXIO`).
+    fn seek(&self, at: u64, data: bool) -> io::Result<Option<u64>> {
+        if at >= self.size {
+            return Ok(None);
+        }
+        for (start, stop, mine) in self.written.pieces(at, self.size) {
+            let (file, stop) = match (&self.base, mine) {
+                (_, true) => (Some(&self.buffer), stop),
+                (Some(base), false) if start < self.base_limit => (Some(&**base), stop.min(self.base_limit)),
+                _ => (None, start),
+            };
+            let found = match file {
+                Some(file) if data => sparse::next_data(file, start)?.filter(|&d| d < stop),
+                Some(file) => sparse::next_hole(file, start)?
+                    .map(|h| h.max(start))
+                    .filter(|&h| h < stop),
+                None => None,
+            };
+            // A piece with no backing file (zeros past the cut) is all hole.
+            let found = found.or((!data && file.is_none()).then_some(start));
+            if let Some(found) = found {
+                return Ok(Some(found));
+            }
+        }
+        Ok(if data { None } else { Some(self.size) })
+    }
+
+    /// Bytes of local disk this handle's version occupies, in 512-byte blocks (for `du`).
+    fn blocks(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let of = |f: &File| f.metadata().map(|m| m.blocks()).unwrap_or(0);
+        of(&self.buffer) + self.base.as_ref().map_or(0, |b| of(b))
+    }
+
+    /// What a commit of the current state must send: the whole contents when the handle cut
+    /// the file to nothing and wrote every byte since (a `file:write`), else a patch.
+    fn change(&self) -> io::Result<Change> {
+        let whole = self.cut == Some(0) && self.touched.covers(0, self.size);
+        let mut spans = Vec::new();
+        let mut zeros = Vec::new();
+        for (start, stop) in self.touched.iter() {
+            let stop = stop.min(self.size);
+            let mut at = start;
+            for (offset, len) in sparse::data_extents(&self.buffer, start, stop)? {
+                if offset > at {
+                    zeros.push(Span(at, offset - at));
+                }
+                spans.push(Span(offset, len));
+                at = offset + len;
+            }
+            if at < stop {
+                zeros.push(Span(at, stop - at));
+            }
+        }
+        if whole && zeros.is_empty() {
+            return Ok(Change::Whole);
+        }
+        let layout = Layout {
+            cut: self.cut,
+            size: self.size,
+            zeros,
+        };
+        Ok(Change::Patch { layout, spans })
+    }
+}
+
+/// Reads as much of `buf` as the file holds at `offset`.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 impl Drop for Writer {
@@ -57,12 +222,30 @@ impl Drop for Writer {
     }
 }
 
-/// What a commit sends: the inode, a handle on the buffered contents, and the time to stamp.
+/// How a commit changes the file.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// Replace it with the contents, bytes `0..size` of the buffer.
+    Whole,
+    /// Shape it as `layout`, then write these ranges, read from the buffer.
+    Patch {
+        /// Cut, length and holes.
+        layout: Layout,
+        /// Ranges of the buffer to send, at the same offsets.
+        spans: Vec<Span>,
+    },
+}
+
+/// What a commit sends: the inode, what changed and where the bytes are, and the time.
 pub(crate) struct Pending {
     /// The inode written.
     pub ino: u64,
-    /// The buffered contents.
+    /// The handle's own bytes (read at the offsets `change` names).
     pub contents: File,
+    /// The length of the file after the commit.
+    pub size: u64,
+    /// What changed.
+    pub change: Change,
     /// A time set while the contents were pending.
     pub mtime: Option<u64>,
     /// The writer's version these contents are.
@@ -74,11 +257,20 @@ pub(crate) struct Pending {
 }
 
 impl Handle {
-    /// The file reads are served from.
-    pub(crate) fn file(&self) -> &File {
+    /// Reads what the handle sees at `offset` (its own writes over the committed file).
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
-            Handle::Read(file) => file,
-            Handle::Write(w) => &w.buffer,
+            Handle::Read(file) => read_full(file, buf, offset),
+            Handle::Write(w) => w.read_at(buf, offset),
+        }
+    }
+
+    /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `at`; `None` past the end.
+    pub(crate) fn seek(&self, at: u64, data: bool) -> io::Result<Option<u64>> {
+        match self {
+            Handle::Read(file) if data => sparse::next_data(file, at),
+            Handle::Read(file) => sparse::next_hole(file, at),
+            Handle::Write(w) => w.seek(at, data),
         }
     }
 
@@ -90,39 +282,52 @@ impl Handle {
     /// Buffers `data` at `offset`; EBADF on a read handle.
     pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), libc::c_int> {
         match self {
-            Handle::Write(w) => {
-                w.buffer
-                    .write_all_at(data, offset)
-                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                w.changed();
-                Ok(())
-            }
+            Handle::Write(w) => w.write_at(data, offset).map_err(os_err),
             Handle::Read(_) => Err(libc::EBADF),
         }
     }
 
     /// Buffers `data` at the end (a write to a file opened with `O_APPEND`).
     pub(crate) fn append(&mut self, data: &[u8]) -> Result<(), libc::c_int> {
-        let end = self
-            .file()
-            .metadata()
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?
-            .len();
-        self.write_at(data, end)
-    }
-
-    /// Sets the buffered size; EBADF on a read handle.
-    pub(crate) fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => {
-                w.buffer
-                    .set_len(size)
-                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                w.changed();
-                Ok(())
+                let end = w.size;
+                w.write_at(data, end).map_err(os_err)
             }
             Handle::Read(_) => Err(libc::EBADF),
         }
+    }
+
+    /// Sets the length; EBADF on a read handle.
+    pub(crate) fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
+        match self {
+            Handle::Write(w) => w.resize(size).map_err(os_err),
+            Handle::Read(_) => Err(libc::EBADF),
+        }
+    }
+
+    /// `fallocate`: mode 0 (and `ZERO_RANGE`) may lengthen the file; `PUNCH_HOLE` (always
+    /// with `KEEP_SIZE`) and `ZERO_RANGE` make the range read as zeros, kept as a hole. Space
+    /// is not reserved on the replicas (mode 0 only sets the length). Others: EOPNOTSUPP.
+    pub(crate) fn allocate(&mut self, offset: u64, len: u64, mode: i32) -> Result<(), libc::c_int> {
+        let Handle::Write(w) = self else {
+            return Err(libc::EBADF);
+        };
+        let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && (!keep || zero)) {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if !keep && end > w.size {
+            w.resize(end).map_err(os_err)?;
+        }
+        if punch || zero {
+            w.zero(offset, end).map_err(os_err)?;
+        }
+        Ok(())
     }
 
     /// Records a modification time for pending contents; false if none are pending.
@@ -150,6 +355,8 @@ impl Handle {
                 Ok(Some(Pending {
                     ino: w.ino,
                     contents: w.buffer.try_clone()?,
+                    size: w.size,
+                    change: w.change()?,
                     mtime: w.mtime,
                     version: w.version,
                     req,
@@ -167,7 +374,42 @@ impl Handle {
             if w.version == version {
                 w.dirty = false;
                 w.mtime = None;
+                w.touched.clear();
+                w.cut = None;
             }
+        }
+    }
+
+    /// The file is gone from the tree (deleted, then opened again for writing): the next
+    /// commit creates it from everything this handle sees, not only what it changed.
+    fn recreate(&mut self) {
+        if let Handle::Write(w) = self {
+            w.existed = false;
+            if w.base_limit > 0 {
+                // Bring the base's bytes into the buffer: they must travel with the commit.
+                let mut buf = vec![0u8; 1 << 16];
+                let mut at = 0;
+                while at < w.base_limit.min(w.size) {
+                    let n = (w.base_limit.min(w.size) - at).min(buf.len() as u64) as usize;
+                    let pieces = w.written.pieces(at, at + n as u64);
+                    for (start, stop, mine) in pieces {
+                        if mine {
+                            continue;
+                        }
+                        let part = &mut buf[..(stop - start) as usize];
+                        if w.read_at(part, start).is_ok() {
+                            let _ = w.buffer.write_all_at(part, start);
+                        }
+                    }
+                    at += n as u64;
+                }
+                w.written.insert(0, w.base_limit.min(w.size));
+            }
+            w.base = None;
+            w.base_limit = 0;
+            w.touched.insert(0, w.size);
+            w.cut = Some(0);
+            w.changed();
         }
     }
 }
@@ -240,8 +482,9 @@ impl Handles {
         let exists = exists();
         {
             let mut handle = lock(&existing);
-            if let Handle::Write(w) = &mut *handle {
-                w.existed = exists;
+            match &mut *handle {
+                Handle::Write(w) if exists => w.existed = true,
+                _ => handle.recreate(),
             }
             if truncate {
                 handle
@@ -262,37 +505,46 @@ impl Handles {
             .cloned()
     }
 
-    /// The size of `ino`'s buffered contents, if some handle is writing it.
-    pub(crate) fn buffered_size(&self, ino: u64) -> Option<u64> {
+    /// The length and blocks of `ino` as its open writer sees it, if one is open.
+    pub(crate) fn writing(&self, ino: u64) -> Option<(u64, u64)> {
         self.table().values().find_map(|h| match &*lock(h) {
-            Handle::Write(w) if w.ino == ino => w.buffer.metadata().ok().map(|m| m.len()),
+            Handle::Write(w) if w.ino == ino => Some((w.size, w.blocks())),
             _ => None,
         })
     }
 
-    /// A write handle for `ino`, starting from the `committed` contents unless `truncate`
-    /// (or the file does not exist yet).
+    /// A write handle for `ino` over the `committed` file (`None`: it does not exist yet),
+    /// reading nothing of it if `truncate`. Nothing is copied: the handle reads the committed
+    /// file where it has not written.
     pub(crate) fn new_writer(
         &self,
         ino: u64,
-        committed: Option<impl io::Read>,
+        committed: Option<ReadFile>,
         truncate: bool,
     ) -> io::Result<Handle> {
         let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
-        let mut buffer = File::options()
+        let buffer = File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&buffer_path)?;
         let existed = committed.is_some();
-        if let (false, Some(mut committed)) = (truncate, committed) {
-            io::copy(&mut committed, &mut buffer)?;
-        }
+        let size = match (&committed, truncate) {
+            (Some(base), false) => base.metadata()?.len(),
+            _ => 0,
+        };
+        let cut = (truncate || !existed).then_some(0);
         Ok(Handle::Write(Writer {
             ino,
             buffer,
             buffer_path,
+            base: committed.filter(|_| !truncate),
+            base_limit: size,
+            written: Ranges::default(),
+            touched: Ranges::default(),
+            cut,
+            size,
             dirty: truncate,
             version: 0,
             mtime: None,
@@ -310,67 +562,170 @@ pub(crate) fn locked(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::recycle::Recycler;
 
-    /// A file deleted, then created again through the mount before the last handle's release
-    /// arrived: the new writer joins the old buffer, and its commit must create the file, not
-    /// be skipped as the commit of a file deleted under it (the fault suite lost such writes).
-    #[test]
-    fn a_writer_joined_after_a_delete_creates_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let handles = Handles::open(dir.path().join("buffers")).unwrap();
-        let make = || Ok(handles.new_writer(3, Some(&b"old"[..]), false).unwrap());
-        let (_, first) = handles.open_writer(3, false, || true, make).unwrap();
-        assert!(locked(&first).take_pending().unwrap().is_none());
-        locked(&first).write_at(b"x", 0).unwrap();
-        assert!(locked(&first).take_pending().unwrap().unwrap().existing);
-        let (_, joined) = handles.open_writer(3, true, || false, || unreachable!()).unwrap();
-        assert!(Arc::ptr_eq(&first, &joined), "one buffer per inode");
-        locked(&joined).write_at(b"new", 0).unwrap();
-        let pending = locked(&joined).take_pending().unwrap().unwrap();
-        assert!(!pending.existing, "the file is gone: this commit creates it");
+    struct Fixture {
+        dir: tempfile::TempDir,
+        handles: Handles,
+        recycler: Arc<Recycler>,
     }
 
-    #[test]
-    fn writers_buffer_on_disk_and_commit_once() {
+    fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let committed = dir.path().join("committed");
-        std::fs::write(&committed, b"old contents").unwrap();
         let handles = Handles::open(dir.path().join("buffers")).unwrap();
-        let (fh, h) = handles.insert(
-            handles
-                .new_writer(7, Some(File::open(&committed).unwrap()), false)
-                .unwrap(),
-        );
+        Fixture {
+            dir,
+            handles,
+            recycler: Arc::default(),
+        }
+    }
+
+    impl Fixture {
+        /// A committed file with these contents, opened as a writer's base.
+        fn committed(&self, contents: &[u8]) -> ReadFile {
+            let path = self.dir.path().join("committed");
+            std::fs::write(&path, contents).unwrap();
+            self.recycler.open_follow(|| File::open(&path)).unwrap()
+        }
+    }
+
+    fn view(h: &Shared) -> Vec<u8> {
+        let mut buf = vec![0xAA; 64];
+        let n = locked(h).read_at(&mut buf, 0).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn patch_of(p: &Pending) -> (Option<u64>, u64, Vec<Span>, Vec<Span>) {
+        match &p.change {
+            Change::Patch { layout, spans } => (layout.cut, layout.size, layout.zeros.clone(), spans.clone()),
+            Change::Whole => panic!("expected a patch"),
+        }
+    }
+
+    /// A writer copies nothing at open, reads the committed file where it has not written,
+    /// and commits only what it changed.
+    #[test]
+    fn a_writer_sends_what_it_changed() {
+        let f = fixture();
+        let base = f.committed(b"old contents");
+        let (fh, h) = f
+            .handles
+            .insert(f.handles.new_writer(7, Some(base), false).unwrap());
         assert!(!locked(&h).is_dirty(), "opening without O_TRUNC changes nothing");
+        assert_eq!(f.handles.writing(7).map(|w| w.0), Some(12));
         locked(&h).write_at(b"new", 0).unwrap();
-        assert_eq!(handles.buffered_size(7), Some(12));
-        assert!(locked(&h).set_pending_mtime(5));
+        assert_eq!(view(&h), b"new contents");
         let pending = locked(&h).take_pending().unwrap().expect("dirty");
-        let retry = locked(&h)
-            .take_pending()
-            .unwrap()
-            .expect("still pending until committed");
+        assert_eq!(patch_of(&pending), (None, 12, vec![], vec![Span(0, 3)]));
+        let retry = locked(&h).take_pending().unwrap().unwrap();
         assert_eq!(
             retry.req, pending.req,
             "a retry of the same version is the same request"
         );
-        locked(&h).write_at(b"N", 0).unwrap();
-        let changed = locked(&h).take_pending().unwrap().unwrap();
-        assert_ne!(changed.req, pending.req, "new contents are a new request");
-        locked(&h).write_at(b"n", 0).unwrap();
-        let pending = locked(&h).take_pending().unwrap().unwrap();
         locked(&h).committed(pending.version);
-        assert_eq!((pending.ino, pending.mtime), (7, Some(5)));
-        let mut buf = vec![0; 12];
-        pending.contents.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf, b"new contents");
         assert!(locked(&h).take_pending().unwrap().is_none(), "committed once");
-        handles.remove(fh);
-        drop((h, pending));
+
+        // Cut to 2, lengthened to 6, a byte written at 4: "ol\0\0x\0".
+        locked(&h).resize(2).unwrap();
+        locked(&h).resize(6).unwrap();
+        locked(&h).write_at(b"x", 4).unwrap();
+        assert_eq!(view(&h), b"ne\0\0x\0");
+        let pending = locked(&h).take_pending().unwrap().unwrap();
+        assert_ne!(pending.req, retry.req, "new contents are a new request");
+        assert_eq!(patch_of(&pending), (Some(2), 6, vec![], vec![Span(4, 1)]));
+        // A write while that commit is in flight keeps everything pending.
+        locked(&h).write_at(b"y", 5).unwrap();
+        locked(&h).committed(pending.version);
+        let again = locked(&h).take_pending().unwrap().unwrap();
+        assert_eq!(patch_of(&again), (Some(2), 6, vec![], vec![Span(4, 2)]));
+        locked(&h).committed(again.version);
+
+        // A punched range travels as a hole; far offsets cost nothing.
+        let far = 1u64 << 33;
+        locked(&h).write_at(b"z", far).unwrap();
+        locked(&h)
+            .allocate(0, 4096, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+            .unwrap();
         assert_eq!(
-            std::fs::read_dir(dir.path().join("buffers")).unwrap().count(),
+            locked(&h).allocate(0, 1, libc::FALLOC_FL_PUNCH_HOLE),
+            Err(libc::EOPNOTSUPP),
+            "a punch must keep the size"
+        );
+        let pending = locked(&h).take_pending().unwrap().unwrap();
+        assert_eq!(
+            patch_of(&pending),
+            (None, far + 1, vec![Span(0, 4096)], vec![Span(far, 1)]),
+        );
+        assert_eq!(&view(&h)[..6], &[0; 6]);
+        assert_eq!(
+            locked(&h).seek(0, true).unwrap(),
+            Some(far),
+            "SEEK_DATA skips the hole"
+        );
+        assert_eq!(locked(&h).seek(0, false).unwrap(), Some(0));
+        assert_eq!(
+            locked(&h).seek(far + 1, true).unwrap(),
+            None,
+            "ENXIO past the end"
+        );
+        f.handles.remove(fh);
+        drop((h, pending, again, retry));
+        assert_eq!(
+            std::fs::read_dir(f.dir.path().join("buffers")).unwrap().count(),
             0,
             "buffer deleted"
         );
+    }
+
+    /// Rewriting a file from empty commits it whole (one `file:write`), and an extension
+    /// by `fallocate` lengthens it.
+    #[test]
+    fn a_rewrite_from_empty_is_a_whole_write() {
+        let f = fixture();
+        let base = f.committed(b"old");
+        let (_, h) = f
+            .handles
+            .insert(f.handles.new_writer(3, Some(base), true).unwrap());
+        locked(&h).write_at(b"brand new", 0).unwrap();
+        assert_eq!(view(&h), b"brand new");
+        let pending = locked(&h).take_pending().unwrap().unwrap();
+        assert!(matches!(pending.change, Change::Whole));
+        assert_eq!(pending.size, 9);
+        locked(&h).allocate(0, 20, 0).unwrap();
+        assert_eq!(view(&h).len(), 20);
+        assert!(matches!(
+            locked(&h).take_pending().unwrap().unwrap().change,
+            Change::Patch { .. }
+        ));
+    }
+
+    /// A file deleted, then created again through the mount before the last handle's release
+    /// arrived: the new writer joins the old buffer, and its commit must create the file, not
+    /// be skipped as the commit of a file deleted under it (the fault suite lost such writes),
+    /// and must carry the committed bytes it still shows, not only its own.
+    #[test]
+    fn a_writer_joined_after_a_delete_creates_the_file() {
+        let f = fixture();
+        let make = || {
+            Ok(f.handles
+                .new_writer(3, Some(f.committed(b"old!")), false)
+                .unwrap())
+        };
+        let (_, first) = f.handles.open_writer(3, false, || true, make).unwrap();
+        assert!(locked(&first).take_pending().unwrap().is_none());
+        locked(&first).write_at(b"x", 0).unwrap();
+        assert!(locked(&first).take_pending().unwrap().unwrap().existing);
+        let (_, joined) = f
+            .handles
+            .open_writer(3, false, || false, || unreachable!())
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &joined), "one buffer per inode");
+        let pending = locked(&joined).take_pending().unwrap().unwrap();
+        assert!(!pending.existing, "the file is gone: this commit creates it");
+        assert!(matches!(pending.change, Change::Whole));
+        let mut all = vec![0; 4];
+        pending.contents.read_exact_at(&mut all, 0).unwrap();
+        assert_eq!(&all, b"xld!");
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod errno;
 pub(crate) mod fs;
 pub(crate) mod handles;
 pub(crate) mod inodes;
+pub(crate) mod ranges;
 pub(crate) mod shared;
 
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use fuser::{FileAttr, TimeOrNow};
 use tracing::debug;
 
 use super::errno::errno;
-use super::handles::{self, locked, Handle, Handles};
+use super::handles::{self, locked, Change, Handle, Handles};
 use super::inodes::{attr, Inodes};
 use crate::error::{Error, FileError, Result};
 use crate::names::{self, child_path};
@@ -57,20 +57,20 @@ impl Shared {
     }
 
     pub(super) fn stat(&self, ino: u64, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
-        let stat = match (self.node.store().stat(path), self.handles.buffered_size(ino)) {
-            (Ok(mut s), Some(size)) => {
+        let stat = match (self.node.store().stat(path), self.handles.writing(ino)) {
+            (Ok(mut s), Some((size, blocks))) => {
                 s.size = size;
-                s.blocks = size.div_ceil(512);
+                s.blocks = blocks;
                 s
             }
             (Ok(s), None) => s,
             // Created through this mount and not yet committed.
-            (Err(_), Some(size)) => Stat {
+            (Err(_), Some((size, blocks))) => Stat {
                 is_dir: false,
                 size,
                 mtime: SystemTime::now(),
                 links: 1,
-                blocks: size.div_ceil(512),
+                blocks,
             },
             (Err(e), None) => return Err(errno(&e)),
         };
@@ -156,9 +156,9 @@ impl Shared {
         self.handles.get(fh).ok_or(libc::EBADF)
     }
 
-    /// A new write handle for `path`, holding its committed contents unless `truncate`.
+    /// A new write handle for `path`, over its committed contents unless `truncate`.
     pub(super) fn writer(&self, ino: u64, path: &str, truncate: bool) -> Result<Handle> {
-        let committed = match self.node.store().open_file(path) {
+        let committed = match self.node.store().open_live(path) {
             Ok(file) => Some(file),
             Err(Error::File(FileError::NotFound(_))) => None,
             Err(e) => return Err(e),
@@ -192,8 +192,25 @@ impl Shared {
         // Unlinked through this mount while open: like a local file, its data goes with it.
         let written = match self.path(pending.ino) {
             Ok(path) => {
-                debug!(path, "commit");
-                self.node.write_file_from(&path, &pending.contents, how).await
+                debug!(path, change = ?pending.change, "commit");
+                match pending.change {
+                    Change::Whole => {
+                        // A hole punched at the end leaves the buffer short of the length.
+                        let whole = &pending.contents;
+                        let short = whole.metadata().map(|m| m.len() < pending.size);
+                        if short.map_err(|e| Error::io("stat write buffer", e))? {
+                            whole
+                                .set_len(pending.size)
+                                .map_err(|e| Error::io("extend write buffer", e))?;
+                        }
+                        self.node.write_file_from(&path, whole, how).await
+                    }
+                    Change::Patch { layout, spans } => {
+                        self.node
+                            .patch_file_from(&path, layout, spans, &pending.contents, how)
+                            .await
+                    }
+                }
             }
             Err(_) => Ok(()),
         };

@@ -36,7 +36,10 @@ use crate::client::HttpClient;
 use crate::config::{check_name, Config};
 use crate::error::{Error, Result};
 use crate::names;
-use crate::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, RequestId, Touch, Write};
+use crate::raft::command::{
+    Chunk, Command, Commit, Data, Delete, Dir, Layout, Patch, Piece, Rename, RequestId, Span, StagedPatch,
+    Touch, Write,
+};
 use crate::raft::log_store::LogReader;
 use crate::raft::routes::PeerRoute;
 use crate::raft::{NodeId, Raft};
@@ -52,6 +55,27 @@ pub struct How {
     pub req: Option<RequestId>,
     /// Write only if the file exists (see [`Write::existing`]).
     pub existing: bool,
+}
+
+/// Pieces of one large file proposed at once: enough to keep the log busy while each waits
+/// for its commit, few enough to bound the memory held (pieces are `--chunk-size` each).
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Reads `buf.len()` bytes of `file` at `offset`, zeros past its end (a write buffer may be
+/// cut while a commit reads it; what was cut is sent again by the next commit).
+fn read_filled(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read write buffer", e)),
+        }
+    }
+    buf[filled..].fill(0);
+    Ok(())
 }
 
 /// A join request: the new member's id and advertised name.
@@ -328,6 +352,71 @@ impl Node {
         self.write_pieces(name, len, how, next).await
     }
 
+    /// Changes part of a file: the `spans` of `file` (a FUSE write buffer), written at the
+    /// same offsets, after the cut, length and holes of `layout`. One `file:patch` when the
+    /// bytes fit in an entry; else they are staged as `file:chunk`s and one `file:commit`
+    /// places them, all or nothing. See [`How`] for the options; `how.mtime` 0 means now.
+    #[instrument(level = "debug", skip(self, file, spans), fields(spans = spans.len()))]
+    pub async fn patch_file_from(
+        &self,
+        name: &str,
+        layout: Layout,
+        spans: Vec<Span>,
+        file: &std::fs::File,
+        mut how: How,
+    ) -> Result<()> {
+        names::validate(name)?;
+        if how.mtime == 0 {
+            how.mtime = files::now_nanos();
+        }
+        let read = |span: Span| -> Result<Vec<u8>> {
+            let mut buf = vec![0; span.1 as usize];
+            read_filled(file, &mut buf, span.0)?;
+            Ok(buf)
+        };
+        let total: u64 = spans.iter().map(|s| s.1).sum();
+        let chunk = self.config.chunk_size.max(1) as u64;
+        if total <= chunk {
+            let writes = spans
+                .iter()
+                .map(|&span| {
+                    let data = Data(read(span)?);
+                    Ok(Piece { offset: span.0, data })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return self
+                .propose(Command::Patch(Patch {
+                    filename: name.into(),
+                    layout,
+                    writes,
+                    mtime: how.mtime,
+                    req: how.req,
+                    existing: how.existing,
+                }))
+                .await;
+        }
+        // Chunk-sized pieces of the spans' bytes, in order.
+        let mut left = spans.clone().into_iter();
+        let mut current: Option<Span> = None;
+        let next = || -> Result<Option<Vec<u8>>> {
+            let mut piece = Vec::new();
+            while (piece.len() as u64) < chunk {
+                let span = match current.take().or_else(|| left.next()) {
+                    Some(span) => span,
+                    None => break,
+                };
+                let take = span.1.min(chunk - piece.len() as u64);
+                piece.extend(read(Span(span.0, take))?);
+                if take < span.1 {
+                    current = Some(Span(span.0 + take, span.1 - take));
+                }
+            }
+            Ok((!piece.is_empty()).then_some(piece))
+        };
+        self.write_chunked(name, how, next, Some(StagedPatch { layout, spans }))
+            .await
+    }
+
     /// One `file:write` when `len` fits in an entry; else `file:chunk`s and a `file:commit`
     /// (or an abort if any piece fails).
     async fn write_pieces(
@@ -350,25 +439,38 @@ impl Node {
                 }))
                 .await;
         }
-        self.write_chunked(name, how, next).await
+        self.write_chunked(name, how, next, None).await
     }
 
-    /// `file:chunk`s staging the pieces under a fresh upload id, then a `file:commit`; if any
-    /// of it fails, a commit without a name drops what was staged.
+    /// `file:chunk`s staging the pieces under a fresh upload id, then a `file:commit` (that
+    /// places them as `patch` says, or makes them the whole file); if any of it fails, a
+    /// commit without a name drops what was staged. Up to [`CHUNKS_IN_FLIGHT`] pieces are
+    /// proposed at once, so a large file streams instead of waiting a round trip per piece.
     async fn write_chunked(
         &self,
         name: &str,
         how: How,
         mut next: impl FnMut() -> Result<Option<Vec<u8>>>,
+        patch: Option<StagedPatch>,
     ) -> Result<()> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
         let How { mtime, req, existing } = how;
         let upload: u64 = rand::random();
         let staged = async {
             let mut seq = 0;
+            let mut in_flight = FuturesUnordered::new();
             while let Some(piece) = next()? {
+                if in_flight.len() >= CHUNKS_IN_FLIGHT {
+                    if let Some(done) = in_flight.next().await {
+                        done?;
+                    }
+                }
                 let data = Data(piece);
-                self.propose(Command::Chunk(Chunk { upload, seq, data })).await?;
+                in_flight.push(self.propose(Command::Chunk(Chunk { upload, seq, data })));
                 seq += 1;
+            }
+            while let Some(done) = in_flight.next().await {
+                done?;
             }
             let filename = Some(name.into());
             self.propose(Command::Commit(Commit {
@@ -377,7 +479,7 @@ impl Node {
                 mtime,
                 req,
                 existing,
-                patch: None,
+                patch,
             }))
             .await
         };

@@ -149,6 +149,12 @@ impl Tree {
         self.recycler.open_read(|| self.files.open_file(name))
     }
 
+    /// Opens the live file for reading as it changes (a FUSE writer's base): its inode is not
+    /// reused while the handle lives, but patches may change it in place.
+    pub fn open_follow(&self, name: &str) -> io::Result<ReadFile> {
+        self.recycler.open_follow(|| self.files.open_file(name))
+    }
+
     /// The tree, for reads that must stay inside it.
     pub fn files(&self) -> &Beneath {
         &self.files

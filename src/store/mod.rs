@@ -102,6 +102,12 @@ impl FileStore {
         self.tree.open_read(name).map_err(not_found(name))
     }
 
+    /// Opens the live file, following changes applied to it in place (see
+    /// [`recycle`]): what a write handle reads where it has not written.
+    pub fn open_live(&self, name: &str) -> Result<recycle::ReadFile> {
+        self.tree.open_follow(name).map_err(not_found(name))
+    }
+
     /// A name's metadata; the empty name is the root.
     pub fn stat(&self, name: &str) -> Result<Stat> {
         let meta = self.tree.files().stat(name).map_err(not_found(name))?;

@@ -12,7 +12,12 @@
 //!   handle): readers are counted by inode, and the count is taken under the same lock as the
 //!   open, so a reader that opened the old version before the swap is always seen.
 //!
-//! Then it is unlinked as before, and lives on until the reader closes it. A program reading
+//! Then it is unlinked as before, and lives on until the reader closes it.
+//!
+//! A FUSE write handle holds the file it opened as the base of what it has not rewritten. It
+//! must not see that inode reused for another file, but it need not see a frozen version
+//! either (it reads the live file, as a writer on a local disk does), so it *follows* the
+//! inode: followers block reuse, not patches in place. A program reading
 //! `files/` directly (outside raftd) is not counted: it may see a file being rewritten, as
 //! with any file replaced in place.
 
@@ -31,9 +36,18 @@ const MAX_SPARES: usize = 64;
 pub(crate) struct Recycler {
     /// std lock: pool edits only.
     spares: Mutex<Vec<PathBuf>>,
-    /// Readers per inode number (one filesystem: the data directory's). std lock: held across
-    /// one `open` at most.
-    readers: Mutex<HashMap<u64, usize>>,
+    /// Readers and followers per inode number (one filesystem: the data directory's). std
+    /// lock: held across one `open`, or one patch in place, at most.
+    readers: Mutex<HashMap<u64, Holders>>,
+}
+
+/// Who holds an inode open.
+#[derive(Debug, Default, Clone, Copy)]
+struct Holders {
+    /// Need the version they opened to stay whole.
+    readers: usize,
+    /// Need only the inode not to be reused.
+    followers: usize,
 }
 
 impl Recycler {
@@ -64,7 +78,7 @@ impl Recycler {
     /// now; `None` if someone does (the change must then go to a copy).
     pub(crate) fn exclusive(&self, ino: u64) -> Option<impl Drop + '_> {
         let readers = self.readers.lock().expect("readers lock");
-        (!readers.contains_key(&ino)).then_some(readers)
+        (readers.get(&ino).is_none_or(|h| h.readers == 0)).then_some(readers)
     }
 
     /// Opens a file with `open` and counts it as read until the returned handle is dropped.
@@ -72,13 +86,36 @@ impl Recycler {
         self: &Arc<Self>,
         open: impl FnOnce() -> io::Result<File>,
     ) -> io::Result<ReadFile> {
+        self.open_held(open, false)
+    }
+
+    /// Opens a file with `open` and keeps its inode from reuse until the handle is dropped,
+    /// without stopping patches in place (see the module notes).
+    pub(crate) fn open_follow(
+        self: &Arc<Self>,
+        open: impl FnOnce() -> io::Result<File>,
+    ) -> io::Result<ReadFile> {
+        self.open_held(open, true)
+    }
+
+    fn open_held(
+        self: &Arc<Self>,
+        open: impl FnOnce() -> io::Result<File>,
+        follow: bool,
+    ) -> io::Result<ReadFile> {
         let mut readers = self.readers.lock().expect("readers lock");
         let file = open()?;
         let ino = file.metadata()?.ino();
-        *readers.entry(ino).or_default() += 1;
+        let holders = readers.entry(ino).or_default();
+        if follow {
+            holders.followers += 1;
+        } else {
+            holders.readers += 1;
+        }
         Ok(ReadFile {
             file,
             ino,
+            follow,
             recycler: self.clone(),
         })
     }
@@ -89,6 +126,7 @@ impl Recycler {
 pub struct ReadFile {
     file: File,
     ino: u64,
+    follow: bool,
     recycler: Arc<Recycler>,
 }
 
@@ -114,9 +152,13 @@ impl io::Read for ReadFile {
 impl Drop for ReadFile {
     fn drop(&mut self) {
         let mut readers = self.recycler.readers.lock().expect("readers lock");
-        if let Some(n) = readers.get_mut(&self.ino) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(h) = readers.get_mut(&self.ino) {
+            if self.follow {
+                h.followers = h.followers.saturating_sub(1);
+            } else {
+                h.readers = h.readers.saturating_sub(1);
+            }
+            if h.readers == 0 && h.followers == 0 {
                 readers.remove(&self.ino);
             }
         }
@@ -151,5 +193,16 @@ mod tests {
         r.offer(path("c")).unwrap();
         assert_eq!(r.take(), Some(path("c")));
         assert!(r.take().is_none());
+        // Followed (a FUSE writer's base): not reused, but open to patches in place.
+        fs::write(path("d"), b"x").unwrap();
+        let following = r.open_follow(|| File::open(path("d"))).unwrap();
+        let ino = following.metadata().unwrap().ino();
+        assert!(r.exclusive(ino).is_some(), "a follower allows a patch in place");
+        let reading = r.open_read(|| File::open(path("d"))).unwrap();
+        assert!(r.exclusive(ino).is_none(), "a reader does not");
+        drop(reading);
+        r.offer(path("d")).unwrap();
+        assert!(r.take().is_none(), "a followed inode is not reused");
+        drop(following);
     }
 }
