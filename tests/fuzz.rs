@@ -14,7 +14,9 @@ use std::path::{Component, Path};
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
 use raftd::names;
-use raftd::raft::command::{Chunk, Command, Commit, Data, Delete, Dir, Rename, Touch, Write};
+use raftd::raft::command::{
+    Chunk, Command, Commit, Data, Delete, Dir, Layout, Patch, Piece, Rename, Span, StagedPatch, Touch, Write,
+};
 use raftd::raft::{log_format, Entry, LogId};
 use raftd::store::files::Tree;
 use raftd::store::snapshot::{self, Validator};
@@ -124,15 +126,53 @@ fn command() -> impl Strategy<Value = Command> {
             filename: n,
             mtime: 2
         })),
-        (0u64..3, 0u32..3, data).prop_map(|(upload, seq, data)| Command::Chunk(Chunk { upload, seq, data })),
-        (0u64..3, prop::option::of(name())).prop_map(|(upload, filename)| Command::Commit(Commit {
+        (0u64..3, 0u32..3, data.clone()).prop_map(|(upload, seq, data)| Command::Chunk(Chunk {
             upload,
-            filename,
-            mtime: 3,
-            req: None,
-            existing: false,
+            seq,
+            data
         })),
+        (0u64..3, prop::option::of(name()), prop::option::of(layout())).prop_map(
+            |(upload, filename, shape)| {
+                Command::Commit(Commit {
+                    upload,
+                    filename,
+                    mtime: 3,
+                    req: None,
+                    existing: false,
+                    patch: shape.map(|layout| StagedPatch {
+                        spans: vec![Span(0, layout.size.min(16))],
+                        layout,
+                    }),
+                })
+            }
+        ),
+        (name(), layout(), 0u64..64, data.clone(), any::<bool>()).prop_map(
+            |(n, layout, offset, d, existing)| {
+                Command::Patch(Patch {
+                    filename: n,
+                    layout,
+                    writes: vec![Piece { offset, data: d }],
+                    mtime: 4,
+                    req: None,
+                    existing,
+                })
+            }
+        ),
     ]
+}
+
+/// A patch's shape, sometimes with ranges past its length (refused the same way everywhere).
+fn layout() -> impl Strategy<Value = Layout> {
+    (
+        prop::option::of(0u64..64),
+        0u64..80,
+        prop::option::of((0u64..80, 0u64..40)),
+    )
+        .prop_map(|(cut, size, zero)| Layout {
+            cut,
+            size,
+            zeros: zero.map(|(o, l)| Span(o, l)).into_iter().collect(),
+        })
 }
 
 proptest! {
