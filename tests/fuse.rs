@@ -600,3 +600,152 @@ fn paths_as_long_as_linux_allows_work_on_the_mount_and_over_http() {
     let (code, _) = c.nodes[1].request("PUT", &format!("/files/{name}y"), b"no");
     assert_eq!(code, 400);
 }
+
+/// Blocks the local copy of `path` occupies (512-byte units), and where its first data is
+/// (`SEEK_DATA` from 0; `None` if it holds none).
+fn layout_of(path: &Path) -> (u64, Option<u64>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).unwrap();
+    let data = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_DATA) };
+    (
+        file.metadata().unwrap().blocks(),
+        (data >= 0).then_some(data as u64),
+    )
+}
+
+fn fallocate(path: &Path, mode: i32, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
+    assert_eq!(r, 0, "fallocate {mode:#x}: {}", std::io::Error::last_os_error());
+}
+
+/// Writes cost what they change: a byte far out in a file, a 16 GiB length, a one-byte change
+/// to a large file each travel as a small `file:patch`, leave holes on every replica, and read
+/// back exactly; `fallocate` punches and zeroes ranges as holes; `SEEK_DATA` on the mount
+/// finds the data.
+#[test]
+fn writes_cost_what_they_change_and_holes_stay_holes() {
+    use std::os::unix::fs::FileExt;
+    if !fuse_available() {
+        return;
+    }
+    let (mut c, mounts) = mounted_cluster(&[]);
+    let leader = c.wait_leader();
+    let logs: Vec<PathBuf> = c.nodes.iter().map(|n| n.dir.join("log")).collect();
+    let log_len = |i: usize| std::fs::metadata(&logs[i]).unwrap().len();
+    let on_every_node = |name: &str, what: &str, check: &dyn Fn(&Path) -> bool| {
+        for n in &c.nodes {
+            let local = n.dir.join("files").join(name);
+            wait_for(Duration::from_secs(20), &format!("{what} on {}", n.name), || {
+                (local.exists() && check(&local)).then_some(())
+            });
+        }
+    };
+
+    // One byte at 2^31 + 1 (this used to send 2 GiB of zeros through the log).
+    let far = (1u64 << 31) + 1;
+    let before = log_len(leader);
+    let f = mounts[1].join("far");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    file.write_all_at(b"x", far).unwrap();
+    drop(file);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), far + 1);
+    on_every_node("far", "a sparse 2 GiB file", &|p| {
+        let mut byte = [0u8];
+        std::fs::File::open(p)
+            .unwrap()
+            .read_exact_at(&mut byte, far)
+            .is_ok()
+            && &byte == b"x"
+    });
+    for n in &c.nodes {
+        let (blocks, data) = layout_of(&n.dir.join("files/far"));
+        assert!(blocks <= 64, "{}: far is sparse, {blocks} blocks", n.name);
+        assert!(data.unwrap() >= 1 << 31, "{}: first data at {data:?}", n.name);
+    }
+    assert!(log_len(leader) - before < 4096, "one small entry for one byte");
+    assert!(std::fs::read_to_string(&logs[leader])
+        .unwrap()
+        .contains(" file:patch {\"filename\":\"far\""));
+
+    // A 16 GiB length (the default largest file): instant, nothing but a length anywhere.
+    let huge = mounts[0].join("huge");
+    ok(&format!("truncate -s 16G {}", huge.display()));
+    on_every_node("huge", "a 16 GiB hole", &|p| {
+        std::fs::metadata(p).unwrap().len() == 16 << 30
+    });
+    for n in &c.nodes {
+        assert_eq!(
+            layout_of(&n.dir.join("files/huge")),
+            (0, None),
+            "{}: all hole",
+            n.name
+        );
+    }
+
+    // One byte changed in an 8 MiB file: a one-byte entry; the rest unchanged everywhere.
+    let big = mounts[2].join("big");
+    let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &contents).unwrap();
+    let before = log_len(leader);
+    let file = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    file.write_all_at(b"Z", 4 << 20).unwrap();
+    drop(file);
+    assert!(
+        log_len(leader) - before < 4096,
+        "one small entry for one byte changed"
+    );
+    let mut expected = contents.clone();
+    expected[4 << 20] = b'Z';
+    on_every_node("big", "the one-byte change", &|p| {
+        std::fs::read(p).unwrap() == expected
+    });
+
+    // Punch the first MiB, zero a range in the middle, lengthen by fallocate: holes, not zeros.
+    fallocate(
+        &big,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        1 << 20,
+    );
+    fallocate(
+        &big,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        2 << 20,
+        1 << 20,
+    );
+    fallocate(&big, 0, 0, 9 << 20);
+    expected[..1 << 20].fill(0);
+    expected[2 << 20..3 << 20].fill(0);
+    expected.resize(9 << 20, 0);
+    assert_eq!(
+        std::fs::read(&big).unwrap(),
+        expected,
+        "the mount reads the new version"
+    );
+    on_every_node("big", "the punched file", &|p| {
+        std::fs::read(p).unwrap() == expected
+    });
+    for n in &c.nodes {
+        let (blocks, data) = layout_of(&n.dir.join("files/big"));
+        assert_eq!(data, Some(1 << 20), "{}: the punched MiB is a hole", n.name);
+        assert!(blocks <= 7 << 11, "{}: {blocks} blocks for 6 MiB of data", n.name);
+    }
+    // The mount finds holes too (lseek SEEK_DATA / SEEK_HOLE through FUSE).
+    assert_eq!(layout_of(&mounts[0].join("big")).1, Some(1 << 20));
+    assert!(layout_of(&mounts[0].join("far")).1.unwrap() >= 1 << 31);
+    // Unsupported modes say so.
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EOPNOTSUPP))
+    );
+}
