@@ -749,3 +749,182 @@ fn writes_cost_what_they_change_and_holes_stay_holes() {
         (-1, Some(libc::EOPNOTSUPP))
     );
 }
+
+/// A small deterministic generator (xorshift64*), so a failing run is repeated by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A randomized exerciser in the spirit of fsx: one file on one node's mount, driven through
+/// writes, reads, truncates, punched and zeroed ranges, shared writable mappings flushed by
+/// `msync`, fsyncs and reopenings, each checked against an in-memory model; at every close the
+/// other nodes' mounts must show the model too. `RAFTD_FSX_OPS` sets the number of operations
+/// (a bounded run in CI), `RAFTD_FSX_SEED` the seed.
+#[test]
+fn a_randomized_exerciser_agrees_with_a_model_on_every_node() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    if !fuse_available() {
+        return;
+    }
+    let ops: usize = std::env::var("RAFTD_FSX_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let seed: u64 = std::env::var("RAFTD_FSX_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() | 1);
+    println!("fsx: {ops} operations, seed {seed} (RAFTD_FSX_SEED={seed} repeats this run)");
+    let (_c, mounts) = mounted_cluster(&[]);
+    let path = mounts[0].join("fsx");
+    let mut rng = Rng(seed);
+    let mut model: Vec<u8> = Vec::new();
+    let open = |truncate: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .open(&path)
+            .unwrap()
+    };
+    let mut file = open(true);
+    const SPAN: u64 = 256 << 10;
+    let page = 4096u64;
+    let check_everywhere = |model: &[u8], step: usize| {
+        for m in &mounts {
+            let p = m.join("fsx");
+            wait_for(
+                Duration::from_secs(20),
+                &format!("step {step}: {} shows the model", p.display()),
+                || (std::fs::read(&p).ok()? == model).then_some(()),
+            );
+        }
+    };
+    for step in 0..ops {
+        let ctx = |what: &str| format!("seed {seed} step {step}: {what}");
+        let len = model.len() as u64;
+        match rng.below(100) {
+            0..=29 => {
+                let offset = rng.below(SPAN);
+                let n = 1 + rng.below(16 << 10) as usize;
+                let data: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                file.write_all_at(&data, offset)
+                    .unwrap_or_else(|e| panic!("{}: {e}", ctx("write")));
+                let end = offset as usize + n;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&data);
+            }
+            30..=49 => {
+                let offset = rng.below(len + 1);
+                let n = rng.below(32 << 10) as usize;
+                let mut buf = vec![0u8; n];
+                let mut got = 0;
+                while got < n {
+                    match file.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) => panic!("{}: {e}", ctx("read")),
+                    }
+                }
+                let want_end = (offset as usize + n).min(model.len());
+                let want = &model[(offset as usize).min(want_end)..want_end];
+                assert!(
+                    &buf[..got] == want,
+                    "{}",
+                    ctx(&format!("read {n} at {offset}: got {got} bytes, differ"))
+                );
+            }
+            50..=59 => {
+                let size = rng.below(SPAN + SPAN / 4);
+                file.set_len(size)
+                    .unwrap_or_else(|e| panic!("{}: {e}", ctx("truncate")));
+                model.resize(size as usize, 0);
+            }
+            60..=67 => {
+                let offset = rng.below(len + 1);
+                let n = rng.below(64 << 10);
+                let zero = rng.below(2) == 0;
+                let mode = if zero {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, n.max(1) as i64) };
+                assert_eq!(r, 0, "{}: {}", ctx("fallocate"), std::io::Error::last_os_error());
+                let end = ((offset + n.max(1)) as usize).min(model.len());
+                if (offset as usize) < end {
+                    model[offset as usize..end].fill(0);
+                }
+            }
+            68..=79 if len >= page => {
+                // A shared writable mapping of whole pages inside the file, flushed by msync.
+                let first = rng.below(len / page);
+                let pages = 1 + rng.below((len / page - first).min(8));
+                let map_len = (pages * page).min(len - first * page) as usize;
+                let addr = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        map_len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        file.as_raw_fd(),
+                        (first * page) as i64,
+                    )
+                };
+                assert_ne!(
+                    addr,
+                    libc::MAP_FAILED,
+                    "{}: {}",
+                    ctx("mmap"),
+                    std::io::Error::last_os_error()
+                );
+                let mapped = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, map_len) };
+                let base = (first * page) as usize;
+                assert!(
+                    mapped[..] == model[base..base + map_len],
+                    "{}",
+                    ctx("mapped pages differ")
+                );
+                let at = rng.below(map_len as u64) as usize;
+                let n = (1 + rng.below(4096) as usize).min(map_len - at);
+                for (i, b) in mapped[at..at + n].iter_mut().enumerate() {
+                    *b = (step + i) as u8 | 1;
+                    model[base + at + i] = *b;
+                }
+                let r = unsafe { libc::msync(addr, map_len, libc::MS_SYNC) };
+                assert_eq!(r, 0, "{}: {}", ctx("msync"), std::io::Error::last_os_error());
+                unsafe { libc::munmap(addr, map_len) };
+            }
+            80..=87 => file
+                .sync_all()
+                .unwrap_or_else(|e| panic!("{}: {e}", ctx("fsync"))),
+            _ => {
+                // Close, check every node, reopen (sometimes truncating).
+                drop(file);
+                check_everywhere(&model, step);
+                let truncate = rng.below(4) == 0;
+                file = open(truncate);
+                if truncate {
+                    model.clear();
+                }
+            }
+        }
+    }
+    drop(file);
+    check_everywhere(&model, ops);
+}
