@@ -385,7 +385,9 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_MIN_FREE", default_value_t = config::DEFAULT_MIN_FREE)]
     pub min_free: u64,
 
-    /// Largest file a write or truncate through the FUSE mount may make (larger gets EFBIG).
+    /// Largest file a write, truncate or fallocate through the FUSE mount may make (larger
+    /// gets EFBIG). Only what a handle changed travels through the log, so a sparse file of
+    /// this size costs a few bytes.
     #[arg(long, env = "RAFTD_MAX_FILE_SIZE", default_value_t = config::DEFAULT_MAX_FILE_SIZE)]
     pub max_file_size: u64,
 
