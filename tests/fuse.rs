@@ -928,3 +928,83 @@ fn a_randomized_exerciser_agrees_with_a_model_on_every_node() {
     drop(file);
     check_everywhere(&model, ops);
 }
+
+/// POSIX lifetimes: a file created and not yet closed is listed, removable and renamable; an
+/// open file survives `unlink` (`fstat` shows no links, reads see its data) and its later
+/// writes never bring it back.
+#[test]
+fn open_files_outlive_their_names_and_never_come_back() {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::MetadataExt;
+    if !fuse_available() {
+        return;
+    }
+    let (c, mounts) = mounted_cluster(&[]);
+    let m = &mounts[1];
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let rw = |p: &Path, create: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(p)
+            .unwrap()
+    };
+
+    // Created, written, not closed: listed and stat-able here.
+    let mut created = rw(&m.join("created"), true);
+    created.write_all(b"abc").unwrap();
+    assert_eq!(names(m), ["created"]);
+    assert_eq!(std::fs::metadata(m.join("created")).unwrap().nlink(), 1);
+    // Unlinked while open: fstat shows no links, the data is still there, writes go nowhere.
+    std::fs::remove_file(m.join("created")).unwrap();
+    assert!(names(m).is_empty());
+    let meta = created.metadata().unwrap();
+    assert_eq!((meta.nlink(), meta.len()), (0, 3));
+    created.write_all(b"def").unwrap();
+    created.rewind().unwrap();
+    let mut back = String::new();
+    created.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "abcdef");
+    created.sync_all().unwrap();
+    drop(created);
+
+    // A committed file, open for reading and for writing, unlinked.
+    std::fs::write(m.join("kept"), b"committed").unwrap();
+    let mut reader = std::fs::File::open(m.join("kept")).unwrap();
+    let mut writer = rw(&m.join("kept"), false);
+    std::fs::remove_file(m.join("kept")).unwrap();
+    let meta = reader.metadata().unwrap();
+    assert_eq!((meta.nlink(), meta.len()), (0, 9), "fstat after unlink");
+    let mut text = String::new();
+    reader.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "committed");
+    assert_eq!(writer.metadata().unwrap().nlink(), 0);
+    writer.write_all(b"resurrected?").unwrap();
+    writer.sync_all().unwrap();
+    drop(writer);
+
+    // Created and renamed while open: its later writes land under the new name.
+    let mut moved = rw(&m.join("draft"), true);
+    moved.write_all(b"first ").unwrap();
+    std::fs::rename(m.join("draft"), m.join("final")).unwrap();
+    moved.write_all(b"second").unwrap();
+    drop(moved);
+
+    for (i, n) in c.nodes.iter().enumerate() {
+        let files = n.dir.join("files");
+        wait_for(Duration::from_secs(20), &format!("final on {}", n.name), || {
+            (std::fs::read(files.join("final")).ok()? == b"first second").then_some(())
+        });
+        assert_eq!(names(&files), ["final"], "{}: nothing came back", n.name);
+        assert_eq!(names(&mounts[i]), ["final"], "{}'s mount", n.name);
+    }
+}

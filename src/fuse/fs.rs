@@ -117,10 +117,15 @@ impl Filesystem for RaftFs {
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
         crate::metrics::events().fuse_op("getattr");
         match self.shared.path(ino).and_then(|p| self.shared.stat(ino, &p)) {
             Ok(attr) => reply.attr(&TTL, &attr),
+            // Unlinked while open: `fstat` answers from the handle.
+            Err(libc::ENOENT) => match self.shared.open_stat(ino, fh) {
+                Some(attr) => reply.attr(&TTL, &attr),
+                None => failed("getattr", reply).error(libc::ENOENT),
+            },
             Err(e) => failed("getattr", reply).error(e),
         }
     }
@@ -272,7 +277,17 @@ impl Filesystem for RaftFs {
         if flags & libc::RENAME_NOREPLACE != 0 && shared.node.store().stat(&to).is_ok() {
             return failed("rename", reply).error(libc::EEXIST);
         }
+        let created = shared
+            .known(&from)
+            .filter(|ino| shared.handles.created().contains(ino))
+            .and_then(|ino| shared.handles.writer_of(ino));
         self.later(async move {
+            // Created here and not yet committed: commit it first, so there is a file to move.
+            if let Some(writer) = created {
+                if let Err(e) = shared.commit(&writer).await {
+                    return failed("rename", reply).error(errno(&e));
+                }
+            }
             match shared.node.rename(&from, &to).await {
                 Ok(()) => {
                     shared.inodes.lock().expect("inode lock").rename(&from, &to);
@@ -529,6 +544,14 @@ impl Filesystem for RaftFs {
                 };
                 entries.push((table.ino(&child_path(&path, &name)), kind, name));
             }
+            // Created here and not yet committed: listed, as on a local disk.
+            for ino in shared.handles.created() {
+                let Some(created) = table.path(ino) else { continue };
+                let (parent, name) = names::split(created);
+                if parent == path && !entries.iter().any(|e| e.2 == name) {
+                    entries.push((ino, FileType::RegularFile, name.to_string()));
+                }
+            }
         }
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(ino, (i + 1) as i64, kind, name) {
@@ -570,6 +593,17 @@ impl RaftFs {
             Ok(p) => p,
             Err(e) => return failed(op, reply).error(e),
         };
+        // Created here and never committed: nothing in the cluster to remove; the open
+        // handle lives on without a name and its writes are dropped.
+        let uncommitted = !dir
+            && shared
+                .known(&path)
+                .is_some_and(|ino| shared.handles.created().contains(&ino))
+            && shared.node.store().stat(&path).is_err();
+        if uncommitted {
+            shared.inodes.lock().expect("inode lock").forget(&path);
+            return reply.ok();
+        }
         self.later(async move {
             let result = if dir {
                 shared.node.rmdir(&path).await
@@ -577,7 +611,10 @@ impl RaftFs {
                 shared.node.unlink(&path).await
             };
             match result {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    shared.inodes.lock().expect("inode lock").forget(&path);
+                    reply.ok()
+                }
                 Err(e) => failed(op, reply).error(errno(&e)),
             }
         });

@@ -222,6 +222,21 @@ impl Drop for Writer {
     }
 }
 
+/// What an open handle shows of its file, for `stat`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// The FUSE inode, for a write handle.
+    pub ino: Option<u64>,
+    /// Length.
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Modification time, when the handle knows it.
+    pub mtime: Option<std::time::SystemTime>,
+    /// The file was in the tree (opened there, or committed since).
+    pub committed: bool,
+}
+
 /// How a commit changes the file.
 #[derive(Debug)]
 pub(crate) enum Change {
@@ -262,6 +277,27 @@ impl Handle {
         match self {
             Handle::Read(file) => read_full(file, buf, offset),
             Handle::Write(w) => w.read_at(buf, offset),
+        }
+    }
+
+    /// The file as this handle sees it.
+    pub(crate) fn seen(&self) -> Option<Seen> {
+        use std::os::unix::fs::MetadataExt;
+        match self {
+            Handle::Read(file) => file.metadata().ok().map(|m| Seen {
+                ino: None,
+                size: m.len(),
+                blocks: m.blocks(),
+                mtime: m.modified().ok(),
+                committed: true,
+            }),
+            Handle::Write(w) => Some(Seen {
+                ino: Some(w.ino),
+                size: w.size,
+                blocks: w.blocks(),
+                mtime: None,
+                committed: w.existed,
+            }),
         }
     }
 
@@ -505,12 +541,26 @@ impl Handles {
             .cloned()
     }
 
-    /// The length and blocks of `ino` as its open writer sees it, if one is open.
-    pub(crate) fn writing(&self, ino: u64) -> Option<(u64, u64)> {
-        self.table().values().find_map(|h| match &*lock(h) {
-            Handle::Write(w) if w.ino == ino => Some((w.size, w.blocks())),
-            _ => None,
-        })
+    /// `ino` as its open writer sees it, if one is open.
+    pub(crate) fn writing(&self, ino: u64) -> Option<Seen> {
+        self.table()
+            .values()
+            .find_map(|h| lock(h).seen().filter(|s| s.ino == Some(ino)))
+    }
+
+    /// Inodes written through this mount that are not in the tree yet (created, not yet
+    /// committed): `readdir` lists them, `unlink` and `rename` find them.
+    pub(crate) fn created(&self) -> Vec<u64> {
+        let mut inos: Vec<u64> = self
+            .table()
+            .values()
+            .filter_map(|h| match &*lock(h) {
+                Handle::Write(w) if !w.existed => Some(w.ino),
+                _ => None,
+            })
+            .collect();
+        inos.dedup();
+        inos
     }
 
     /// A write handle for `ino` over the `committed` file (`None`: it does not exist yet),
@@ -613,7 +663,7 @@ mod tests {
             .handles
             .insert(f.handles.new_writer(7, Some(base), false).unwrap());
         assert!(!locked(&h).is_dirty(), "opening without O_TRUNC changes nothing");
-        assert_eq!(f.handles.writing(7).map(|w| w.0), Some(12));
+        assert_eq!(f.handles.writing(7).map(|w| w.size), Some(12));
         locked(&h).write_at(b"new", 0).unwrap();
         assert_eq!(view(&h), b"new contents");
         let pending = locked(&h).take_pending().unwrap().expect("dirty");

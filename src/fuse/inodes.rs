@@ -59,6 +59,15 @@ impl Inodes {
         ino
     }
 
+    /// Drops a removed name: its number no longer resolves to a path (an open handle of it
+    /// answers from the handle, and its writes are not committed), and the name, if created
+    /// again, gets a new number — a new file, as POSIX has it.
+    pub(crate) fn forget(&mut self, path: &str) {
+        if let Some(ino) = self.by_path.remove(path) {
+            self.by_ino.remove(&ino);
+        }
+    }
+
     /// Every assigned inode number.
     pub(crate) fn all(&self) -> Vec<u64> {
         self.by_ino.keys().copied().collect()

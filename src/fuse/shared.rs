@@ -58,23 +58,28 @@ impl Shared {
 
     pub(super) fn stat(&self, ino: u64, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
         let stat = match (self.node.store().stat(path), self.handles.writing(ino)) {
-            (Ok(mut s), Some((size, blocks))) => {
-                s.size = size;
-                s.blocks = blocks;
+            (Ok(mut s), Some(seen)) => {
+                s.size = seen.size;
+                s.blocks = seen.blocks;
                 s
             }
             (Ok(s), None) => s,
-            // Created through this mount and not yet committed.
-            (Err(_), Some((size, blocks))) => Stat {
-                is_dir: false,
-                size,
-                mtime: SystemTime::now(),
-                links: 1,
-                blocks,
-            },
+            // Created through this mount and not yet committed (one link), or removed from
+            // the tree elsewhere while open here (none).
+            (Err(_), Some(seen)) => stat_of(seen, if seen.committed { 0 } else { 1 }),
             (Err(e), None) => return Err(errno(&e)),
         };
         Ok(attr(ino, &stat, self.uid, self.gid))
+    }
+
+    /// Attributes of an open file whose name no longer resolves (unlinked while open): what
+    /// the handle shows, with no links, as `fstat` reports on any filesystem.
+    pub(super) fn open_stat(&self, ino: u64, fh: Option<u64>) -> Option<FileAttr> {
+        let seen = fh
+            .and_then(|fh| self.handles.get(fh))
+            .and_then(|h| locked(&h).seen())
+            .or_else(|| self.handles.writing(ino))?;
+        Some(attr(ino, &stat_of(seen, 0), self.uid, self.gid))
     }
 
     /// Modes and owners are not replicated: a chmod or chown that would change them fails
@@ -224,6 +229,17 @@ impl Shared {
         }
         locked(handle).committed(pending.version);
         Ok(())
+    }
+}
+
+/// A file's attributes as an open handle shows them.
+fn stat_of(seen: handles::Seen, links: u64) -> Stat {
+    Stat {
+        is_dir: false,
+        size: seen.size,
+        mtime: seen.mtime.unwrap_or_else(SystemTime::now),
+        links,
+        blocks: seen.blocks,
     }
 }
 
