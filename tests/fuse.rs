@@ -650,6 +650,7 @@ fn writes_cost_what_they_change_and_holes_stay_holes() {
     let f = mounts[1].join("far");
     let file = std::fs::OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
         .open(&f)
         .unwrap();
