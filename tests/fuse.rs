@@ -1009,3 +1009,279 @@ fn open_files_outlive_their_names_and_never_come_back() {
         assert_eq!(names(&mounts[i]), ["final"], "{}'s mount", n.name);
     }
 }
+
+/// One row of the conformance table: a system call on the mount and what POSIX (Linux, as on
+/// ext4) answers, or the documented refusal for what raftd deliberately does not replicate.
+struct Row {
+    call: String,
+    run: Box<dyn Fn(&Path) -> Result<(), i32>>,
+    want: Result<(), i32>,
+}
+
+fn cpath(root: &Path, rel: &str) -> std::ffi::CString {
+    std::ffi::CString::new(root.join(rel).into_os_string().into_encoded_bytes()).unwrap()
+}
+
+fn sys(r: libc::c_int) -> Result<(), i32> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens `rel` with `flags`, runs `f` on the descriptor, closes it.
+fn with_fd(root: &Path, rel: &str, flags: i32, f: impl Fn(i32) -> libc::c_int) -> Result<(), i32> {
+    let fd = unsafe { libc::open(cpath(root, rel).as_ptr(), flags, 0o644) };
+    sys(fd)?;
+    let r = sys(f(fd));
+    let closed = sys(unsafe { libc::close(fd) });
+    r.and(closed)
+}
+
+fn row(call: &str, want: Result<(), i32>, run: impl Fn(&Path) -> Result<(), i32> + 'static) -> Row {
+    Row {
+        call: call.to_string(),
+        run: Box::new(run),
+        want,
+    }
+}
+
+fn errno_name(e: i32) -> String {
+    let names = [
+        (libc::ENOENT, "ENOENT"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::EISDIR, "EISDIR"),
+        (libc::ENOTDIR, "ENOTDIR"),
+        (libc::ENOTEMPTY, "ENOTEMPTY"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EPERM, "EPERM"),
+        (libc::EFBIG, "EFBIG"),
+        (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+        (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        (libc::ENXIO, "ENXIO"),
+        (libc::EBADF, "EBADF"),
+        (libc::EIO, "EIO"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == e)
+        .map_or_else(|| format!("errno {e}"), |(_, s)| s.to_string())
+}
+
+/// The mount against a table of system calls and their expected results (in the spirit of
+/// pjdfstest): names, directories, renames, truncates, times, holes, and the deliberate
+/// refusals (symlinks, hard links, devices, modes, owners). Every mismatch is reported at once.
+#[test]
+fn the_mount_answers_system_calls_as_posix_says() {
+    if !fuse_available() {
+        return;
+    }
+    let (_c, mounts) = mounted_cluster(&[]);
+    let root = mounts[0].clone();
+    ok(&format!(
+        "cd {} && mkdir -p d e n && echo x > d/f && echo y > n/child",
+        root.display()
+    ));
+    let ro = libc::O_RDONLY;
+    let wo = libc::O_WRONLY;
+    let long_name = "a".repeat(256);
+    let past_max = (16u64 << 30) + 1;
+    let table = vec![
+        row("open(missing, O_RDONLY)", Err(libc::ENOENT), move |r| {
+            with_fd(r, "missing", ro, |_| 0)
+        }),
+        row("open(d/f, O_CREAT|O_EXCL)", Err(libc::EEXIST), move |r| {
+            with_fd(r, "d/f", wo | libc::O_CREAT | libc::O_EXCL, |_| 0)
+        }),
+        row("open(d, O_WRONLY)", Err(libc::EISDIR), move |r| {
+            with_fd(r, "d", wo, |_| 0)
+        }),
+        row("open(d/f, O_DIRECTORY)", Err(libc::ENOTDIR), move |r| {
+            with_fd(r, "d/f", ro | libc::O_DIRECTORY, |_| 0)
+        }),
+        row("open(d/f/x, O_CREAT)", Err(libc::ENOTDIR), move |r| {
+            with_fd(r, "d/f/x", wo | libc::O_CREAT, |_| 0)
+        }),
+        row("open(<256 bytes>, O_CREAT)", Err(libc::ENAMETOOLONG), move |r| {
+            with_fd(r, &long_name, wo | libc::O_CREAT, |_| 0)
+        }),
+        row("mkdir(d)", Err(libc::EEXIST), |r| {
+            sys(unsafe { libc::mkdir(cpath(r, "d").as_ptr(), 0o755) })
+        }),
+        row("mkdir(missing/x)", Err(libc::ENOENT), |r| {
+            sys(unsafe { libc::mkdir(cpath(r, "missing/x").as_ptr(), 0o755) })
+        }),
+        row("mkdir(d/f/x)", Err(libc::ENOTDIR), |r| {
+            sys(unsafe { libc::mkdir(cpath(r, "d/f/x").as_ptr(), 0o755) })
+        }),
+        row("rmdir(n) non-empty", Err(libc::ENOTEMPTY), |r| {
+            sys(unsafe { libc::rmdir(cpath(r, "n").as_ptr()) })
+        }),
+        row("rmdir(d/f) a file", Err(libc::ENOTDIR), |r| {
+            sys(unsafe { libc::rmdir(cpath(r, "d/f").as_ptr()) })
+        }),
+        row("rmdir(missing)", Err(libc::ENOENT), |r| {
+            sys(unsafe { libc::rmdir(cpath(r, "missing").as_ptr()) })
+        }),
+        row("unlink(e) a directory", Err(libc::EISDIR), |r| {
+            sys(unsafe { libc::unlink(cpath(r, "e").as_ptr()) })
+        }),
+        row("unlink(missing)", Err(libc::ENOENT), |r| {
+            sys(unsafe { libc::unlink(cpath(r, "missing").as_ptr()) })
+        }),
+        row("rename(n, n/inside)", Err(libc::EINVAL), |r| {
+            sys(unsafe { libc::rename(cpath(r, "n").as_ptr(), cpath(r, "n/inside").as_ptr()) })
+        }),
+        row("rename(d/f, n) file over directory", Err(libc::EISDIR), |r| {
+            sys(unsafe { libc::rename(cpath(r, "d/f").as_ptr(), cpath(r, "n").as_ptr()) })
+        }),
+        row("rename(e, d/f) directory over file", Err(libc::ENOTDIR), |r| {
+            sys(unsafe { libc::rename(cpath(r, "e").as_ptr(), cpath(r, "d/f").as_ptr()) })
+        }),
+        row(
+            "rename(e, n) over a non-empty directory",
+            Err(libc::ENOTEMPTY),
+            |r| sys(unsafe { libc::rename(cpath(r, "e").as_ptr(), cpath(r, "n").as_ptr()) }),
+        ),
+        row("rename(missing, x)", Err(libc::ENOENT), |r| {
+            sys(unsafe { libc::rename(cpath(r, "missing").as_ptr(), cpath(r, "x").as_ptr()) })
+        }),
+        row("rename(d/f, d/f) onto itself", Ok(()), |r| {
+            sys(unsafe { libc::rename(cpath(r, "d/f").as_ptr(), cpath(r, "d/f").as_ptr()) })
+        }),
+        row("renameat2(d/f, n/child, NOREPLACE)", Err(libc::EEXIST), |r| {
+            let (a, b) = (cpath(r, "d/f"), cpath(r, "n/child"));
+            sys(unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    a.as_ptr(),
+                    libc::AT_FDCWD,
+                    b.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            })
+        }),
+        row(
+            "renameat2(d/f, n/child, EXCHANGE) not supported",
+            Err(libc::EINVAL),
+            |r| {
+                let (a, b) = (cpath(r, "d/f"), cpath(r, "n/child"));
+                sys(unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                })
+            },
+        ),
+        row("symlink(d/f, s) not replicated", Err(libc::EPERM), |r| {
+            sys(unsafe { libc::symlink(cpath(r, "d/f").as_ptr(), cpath(r, "s").as_ptr()) })
+        }),
+        row("link(d/f, l) not replicated", Err(libc::EPERM), |r| {
+            sys(unsafe { libc::link(cpath(r, "d/f").as_ptr(), cpath(r, "l").as_ptr()) })
+        }),
+        row("mknod(fifo) not replicated", Err(libc::EPERM), |r| {
+            sys(unsafe { libc::mknod(cpath(r, "fifo").as_ptr(), libc::S_IFIFO | 0o644, 0) })
+        }),
+        row("chmod(d/f, 0600) not replicated", Err(libc::EPERM), |r| {
+            sys(unsafe { libc::chmod(cpath(r, "d/f").as_ptr(), 0o600) })
+        }),
+        row("chmod(d/f, 0644) what it shows", Ok(()), |r| {
+            sys(unsafe { libc::chmod(cpath(r, "d/f").as_ptr(), 0o644) })
+        }),
+        row("chown(d/f, 1234, 1234) not replicated", Err(libc::EPERM), |r| {
+            sys(unsafe { libc::chown(cpath(r, "d/f").as_ptr(), 1234, 1234) })
+        }),
+        row("truncate(d/f, 16 GiB + 1)", Err(libc::EFBIG), move |r| {
+            sys(unsafe { libc::truncate(cpath(r, "d/f").as_ptr(), past_max as i64) })
+        }),
+        row("truncate(d, 0)", Err(libc::EISDIR), |r| {
+            sys(unsafe { libc::truncate(cpath(r, "d").as_ptr(), 0) })
+        }),
+        row("truncate(missing, 0)", Err(libc::ENOENT), |r| {
+            sys(unsafe { libc::truncate(cpath(r, "missing").as_ptr(), 0) })
+        }),
+        row("utimensat(d/f, atime, mtime)", Ok(()), |r| {
+            let times = [
+                libc::timespec {
+                    tv_sec: 1_000_000_000,
+                    tv_nsec: 5,
+                },
+                libc::timespec {
+                    tv_sec: 1_100_000_000,
+                    tv_nsec: 7,
+                },
+            ];
+            sys(unsafe { libc::utimensat(libc::AT_FDCWD, cpath(r, "d/f").as_ptr(), times.as_ptr(), 0) })
+        }),
+        row("fallocate(COLLAPSE_RANGE)", Err(libc::EOPNOTSUPP), |r| {
+            with_fd(r, "d/f", libc::O_RDWR, |fd| unsafe {
+                libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096)
+            })
+        }),
+        row(
+            "fallocate(PUNCH_HOLE) without KEEP_SIZE",
+            Err(libc::EOPNOTSUPP),
+            |r| {
+                with_fd(r, "d/f", libc::O_RDWR, |fd| unsafe {
+                    libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 1)
+                })
+            },
+        ),
+        row("lseek(d/f, 100, SEEK_DATA) past the end", Err(libc::ENXIO), |r| {
+            with_fd(r, "d/f", libc::O_RDONLY, |fd| unsafe {
+                libc::lseek(fd, 100, libc::SEEK_DATA) as libc::c_int
+            })
+        }),
+        row("write on an O_RDONLY descriptor", Err(libc::EBADF), |r| {
+            with_fd(r, "d/f", libc::O_RDONLY, |fd| unsafe {
+                libc::write(fd, b"z".as_ptr().cast(), 1) as libc::c_int
+            })
+        }),
+        row("unlink(d/f/) trailing slash", Err(libc::ENOTDIR), |r| {
+            sys(unsafe { libc::unlink(cpath(r, "d/f/").as_ptr()) })
+        }),
+        row("rmdir(e)", Ok(()), |r| {
+            sys(unsafe { libc::rmdir(cpath(r, "e").as_ptr()) })
+        }),
+        row("mkdir(e) again", Ok(()), |r| {
+            sys(unsafe { libc::mkdir(cpath(r, "e").as_ptr(), 0o755) })
+        }),
+        row("rename(e, n/e) into another directory", Ok(()), |r| {
+            sys(unsafe { libc::rename(cpath(r, "e").as_ptr(), cpath(r, "n/e").as_ptr()) })
+        }),
+    ];
+    let mut failures = Vec::new();
+    for row in &table {
+        let got = (row.run)(&root);
+        let show = |r: &Result<(), i32>| match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => errno_name(*e),
+        };
+        println!("{:<50} {:>12} {:>12}", row.call, show(&row.want), show(&got));
+        if got != row.want {
+            failures.push(format!(
+                "{}: want {}, got {}",
+                row.call,
+                show(&row.want),
+                show(&got)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} calls differ:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
+    // What the calls that succeeded left behind.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(root.join("d/f")).unwrap();
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_100_000_000, 7));
+    assert!(root.join("n/e").is_dir() && !root.join("e").exists());
+}
