@@ -1014,9 +1014,12 @@ fn open_files_outlive_their_names_and_never_come_back() {
 /// ext4) answers, or the documented refusal for what raftd deliberately does not replicate.
 struct Row {
     call: String,
-    run: Box<dyn Fn(&Path) -> Result<(), i32>>,
+    run: Call,
     want: Result<(), i32>,
 }
+
+/// A system call against the mount's root: success or the errno.
+type Call = Box<dyn Fn(&Path) -> Result<(), i32>>;
 
 fn cpath(root: &Path, rel: &str) -> std::ffi::CString {
     std::ffi::CString::new(root.join(rel).into_os_string().into_encoded_bytes()).unwrap()
