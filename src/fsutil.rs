@@ -30,6 +30,29 @@ pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
         .map_err(at(dir, "fsync directory"))
 }
 
+/// Opens a file of the replicated tree for reading without moving its access time, which
+/// raftd replicates (set only by an explicit `utimensat`): `O_NOATIME`, or a plain open where
+/// the kernel refuses it (a file owned by someone else).
+pub(crate) fn open_noatime(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        r => r,
+    }
+}
+
+/// Access and modification times from nanoseconds since the epoch.
+pub(crate) fn file_times(atime: u64, mtime: u64) -> fs::FileTimes {
+    let at = |n: u64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n);
+    fs::FileTimes::new()
+        .set_accessed(at(atime))
+        .set_modified(at(mtime))
+}
+
 /// Reads a JSON file, `None` if it does not exist; invalid JSON is `InvalidData`.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {

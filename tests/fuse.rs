@@ -1080,7 +1080,7 @@ fn the_mount_answers_system_calls_as_posix_says() {
     if !fuse_available() {
         return;
     }
-    let (_c, mounts) = mounted_cluster(&[]);
+    let (c, mounts) = mounted_cluster(&[]);
     let root = mounts[0].clone();
     ok(&format!(
         "cd {} && mkdir -p d e n && echo x > d/f && echo y > n/child",
@@ -1287,4 +1287,35 @@ fn the_mount_answers_system_calls_as_posix_says() {
     let meta = std::fs::metadata(root.join("d/f")).unwrap();
     assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_100_000_000, 7));
     assert!(root.join("n/e").is_dir() && !root.join("e").exists());
+
+    // Access times: replicated when set, never moved by reads (noatime); ctime follows changes.
+    let times = |m: &Path| {
+        let meta = std::fs::metadata(m.join("d/f")).unwrap();
+        (meta.atime(), meta.atime_nsec(), meta.mtime(), meta.mtime_nsec())
+    };
+    let set = (1_000_000_000, 5, 1_100_000_000, 7);
+    for (i, m) in mounts.iter().enumerate() {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("times on {}", c.nodes[i].name),
+            || (times(m) == set).then_some(()),
+        );
+    }
+    assert_eq!(ok(&format!("cat {}/d/f", mounts[2].display())), "x\n");
+    assert_eq!(times(&mounts[2]), set, "a read does not move the access time");
+    ok(&format!("touch -a -d @1200000000 {}/d/f", root.display()));
+    for m in &mounts {
+        wait_for(Duration::from_secs(20), "touch -a everywhere", || {
+            (times(m) == (1_200_000_000, 0, 1_100_000_000, 7)).then_some(())
+        });
+    }
+    let ctime = |p: &Path| {
+        let meta = std::fs::metadata(p).unwrap();
+        (meta.ctime(), meta.ctime_nsec())
+    };
+    let before = ctime(&root.join("d/f"));
+    // The kernel's change-time clock ticks every few milliseconds: let one tick pass.
+    std::thread::sleep(Duration::from_millis(20));
+    ok(&format!("mv {0}/d/f {0}/d/g", root.display()));
+    assert!(ctime(&root.join("d/g")) > before, "a rename changes ctime");
 }

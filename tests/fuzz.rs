@@ -124,7 +124,8 @@ fn command() -> impl Strategy<Value = Command> {
         (name(), name()).prop_map(|(from, to)| Command::Rename(Rename { from, to, req: None })),
         name().prop_map(|n| Command::Touch(Touch {
             filename: n,
-            mtime: 2
+            mtime: Some(2),
+            atime: Some(3)
         })),
         (0u64..3, 0u32..3, data.clone()).prop_map(|(upload, seq, data)| Command::Chunk(Chunk {
             upload,

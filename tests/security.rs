@@ -73,7 +73,8 @@ fn escapes() -> Vec<Command> {
         }),
         Command::Touch(Touch {
             filename: "../info".into(),
-            mtime: 1,
+            mtime: Some(1),
+            atime: None,
         }),
     ]
 }

@@ -138,7 +138,7 @@ impl Filesystem for RaftFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<u64>,
@@ -169,10 +169,7 @@ impl Filesystem for RaftFs {
                         return Ok(());
                     }
                 }
-                match mtime {
-                    Some(t) => shared.set_mtime(&path, open_writer.as_ref(), t).await,
-                    None => Ok(()),
-                }
+                shared.set_times(&path, open_writer.as_ref(), atime, mtime).await
             }
             .await;
             match result

@@ -233,6 +233,10 @@ pub(crate) struct Seen {
     pub blocks: u64,
     /// Modification time, when the handle knows it.
     pub mtime: Option<std::time::SystemTime>,
+    /// Access time, likewise.
+    pub atime: Option<std::time::SystemTime>,
+    /// Change time, likewise.
+    pub ctime: Option<std::time::SystemTime>,
     /// The file was in the tree (opened there, or committed since).
     pub committed: bool,
 }
@@ -289,6 +293,10 @@ impl Handle {
                 size: m.len(),
                 blocks: m.blocks(),
                 mtime: m.modified().ok(),
+                atime: m.accessed().ok(),
+                ctime: Some(crate::store::files::time_from_nanos(
+                    m.ctime() as u64 * 1_000_000_000 + m.ctime_nsec() as u64,
+                )),
                 committed: true,
             }),
             Handle::Write(w) => Some(Seen {
@@ -296,6 +304,8 @@ impl Handle {
                 size: w.size,
                 blocks: w.blocks(),
                 mtime: None,
+                atime: None,
+                ctime: None,
                 committed: w.existed,
             }),
         }

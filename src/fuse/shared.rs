@@ -134,22 +134,34 @@ impl Shared {
         committed
     }
 
-    /// utimes: a time set while contents are uncommitted travels with them; otherwise it is
-    /// replicated at once (`file:touch`).
-    pub(super) async fn set_mtime(
+    /// utimes: a modification time set while contents are uncommitted travels with them;
+    /// otherwise it is replicated at once (`file:touch`). An access time is replicated at
+    /// once, after any pending contents (whose commit would otherwise come after it).
+    pub(super) async fn set_times(
         &self,
         path: &str,
         open_writer: Option<&handles::Shared>,
-        t: TimeOrNow,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
     ) -> Result<()> {
-        let when = nanos(match t {
-            TimeOrNow::SpecificTime(t) => t,
-            TimeOrNow::Now => SystemTime::now(),
-        });
-        if open_writer.is_some_and(|h| locked(h).set_pending_mtime(when)) {
+        let when = |t| {
+            nanos(match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            })
+        };
+        let (atime, mtime) = (atime.map(when), mtime.map(when));
+        if let Some(writer) = open_writer {
+            if atime.is_some() {
+                self.commit(writer).await?;
+            } else if mtime.is_some_and(|m| locked(writer).set_pending_mtime(m)) {
+                return Ok(());
+            }
+        }
+        if atime.is_none() && mtime.is_none() {
             return Ok(());
         }
-        self.node.touch(path, when).await
+        self.node.touch(path, mtime, atime).await
     }
 
     pub(super) fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
@@ -234,10 +246,13 @@ impl Shared {
 
 /// A file's attributes as an open handle shows them.
 fn stat_of(seen: handles::Seen, links: u64) -> Stat {
+    let mtime = seen.mtime.unwrap_or_else(SystemTime::now);
     Stat {
         is_dir: false,
         size: seen.size,
-        mtime: seen.mtime.unwrap_or_else(SystemTime::now),
+        mtime,
+        atime: seen.atime.unwrap_or(mtime),
+        ctime: seen.ctime.unwrap_or(mtime),
         links,
         blocks: seen.blocks,
     }

@@ -500,13 +500,14 @@ impl Node {
         result
     }
 
-    /// Sets a file's or directory's modification time.
+    /// Sets a file's or directory's modification and/or access time (`None` leaves one).
     #[instrument(level = "debug", skip(self))]
-    pub async fn touch(&self, name: &str, mtime: u64) -> Result<()> {
+    pub async fn touch(&self, name: &str, mtime: Option<u64>, atime: Option<u64>) -> Result<()> {
         names::validate(name)?;
         self.propose(Command::Touch(Touch {
             filename: name.into(),
             mtime,
+            atime,
         }))
         .await
     }

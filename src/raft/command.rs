@@ -134,13 +134,18 @@ pub struct Rename {
     pub req: Option<RequestId>,
 }
 
-/// Set a file's or directory's modification time (utimes, `touch` on an existing file).
+/// Set a file's or directory's times (utimes, `touch` on an existing file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touch {
     /// Relative path inside the replicated tree.
     pub filename: String,
-    /// New modification time, nanoseconds since the epoch.
-    pub mtime: u64,
+    /// New modification time, nanoseconds since the epoch; `None` leaves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<u64>,
+    /// New access time (of a file), nanoseconds since the epoch; `None` leaves it. Access
+    /// times change only this way: reads never move them (noatime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<u64>,
 }
 
 /// Stage one piece of a large file under an upload id.
@@ -303,7 +308,7 @@ impl Command {
         match self {
             Command::Write(c) => Some(c.mtime),
             Command::Mkdir(c) | Command::Rmdir(c) => Some(c.mtime),
-            Command::Touch(c) => Some(c.mtime),
+            Command::Touch(c) => c.mtime.or(c.atime),
             Command::Commit(c) => Some(c.mtime),
             Command::Patch(c) => Some(c.mtime),
             Command::Delete(_) | Command::Rename(_) | Command::Chunk(_) => None,

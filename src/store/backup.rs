@@ -175,7 +175,11 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> 
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(0o644);
             header.set_size(meta.len());
-            tar.append_data(&mut header, path, File::open(source)?.take(meta.len()))
+            tar.append_data(
+                &mut header,
+                path,
+                crate::fsutil::open_noatime(source)?.take(meta.len()),
+            )
         }
     })
 }
@@ -255,7 +259,7 @@ fn read_archive(archive: impl Read, dest: Option<&Path>) -> io::Result<BackupInf
                 }
                 let mut file = File::create(&target)?;
                 bytes += io::copy(&mut entry, &mut file)?;
-                file.set_modified(time_from_nanos(mtime))?;
+                file.set_times(crate::fsutil::file_times(mtime, mtime))?;
                 files += 1;
             }
             other => return Err(invalid(format!("{path}: unsupported entry type {other:?}"))),

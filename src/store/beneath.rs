@@ -41,6 +41,10 @@ pub struct Meta {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch (0 before it).
     pub mtime: u64,
+    /// Access time, likewise: set by raftd, never by reads.
+    pub atime: u64,
+    /// Change time of the local copy, likewise.
+    pub ctime: u64,
     /// Hard links (a directory: 2 + its subdirectories).
     pub nlink: u64,
     /// 512-byte blocks allocated.
@@ -106,14 +110,23 @@ impl Beneath {
         }
     }
 
+    /// Opens a file without moving its access time (raftd replicates it; see
+    /// [`crate::fsutil::open_noatime`]).
+    fn open_noatime(&self, name: &str, flags: OFlags) -> io::Result<File> {
+        match self.open_at(name, flags | OFlags::NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(File::from(self.open_at(name, flags)?)),
+            r => Ok(File::from(r?)),
+        }
+    }
+
     /// Opens a file for reading.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
-        Ok(File::from(self.open_at(name, OFlags::RDONLY)?))
+        self.open_noatime(name, OFlags::RDONLY)
     }
 
     /// Opens a file for changing in place (a patch applied where nothing else can see it).
     pub fn open_rw(&self, name: &str) -> io::Result<File> {
-        Ok(File::from(self.open_at(name, OFlags::RDWR)?))
+        self.open_noatime(name, OFlags::RDWR)
     }
 
     /// Metadata of `name` (not following a final symlink); the empty name is the root.
@@ -125,12 +138,15 @@ impl Beneath {
             rfs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?
         };
         let kind = rfs::FileType::from_raw_mode(st.st_mode);
-        let mtime = u64::try_from(st.st_mtime).unwrap_or(0) * 1_000_000_000 + st.st_mtime_nsec as u64;
+        let nanos = |secs: i64, nsec: i64| u64::try_from(secs).unwrap_or(0) * 1_000_000_000 + nsec as u64;
+        let mtime = nanos(st.st_mtime, st.st_mtime_nsec as i64);
         Ok(Meta {
             is_dir: kind == rfs::FileType::Directory,
             is_file: kind == rfs::FileType::RegularFile,
             size: st.st_size as u64,
             mtime,
+            atime: nanos(st.st_atime, st.st_atime_nsec as i64),
+            ctime: nanos(st.st_ctime, st.st_ctime_nsec as i64),
             nlink: st.st_nlink as u64,
             blocks: st.st_blocks as u64,
         })
@@ -226,16 +242,25 @@ impl Beneath {
 
     /// Sets the modification time of `name`, leaving its access time alone.
     pub fn set_mtime(&self, name: &str, nanos: u64) -> io::Result<()> {
+        self.set_times(name, None, Some(nanos))
+    }
+
+    /// Sets the access and/or modification time of `name` (`None` leaves one alone).
+    pub fn set_times(&self, name: &str, atime: Option<u64>, mtime: Option<u64>) -> io::Result<()> {
         let (dir, base) = self.parent(name)?;
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: rfs::UTIME_OMIT,
-            },
-            last_modification: Timespec {
+        let spec = |t: Option<u64>| match t {
+            Some(nanos) => Timespec {
                 tv_sec: (nanos / 1_000_000_000) as i64,
                 tv_nsec: (nanos % 1_000_000_000) as _,
             },
+            None => Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_OMIT,
+            },
+        };
+        let times = Timestamps {
+            last_access: spec(atime),
+            last_modification: spec(mtime),
         };
         Ok(rfs::utimensat(dir, base, &times, AtFlags::SYMLINK_NOFOLLOW)?)
     }

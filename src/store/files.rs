@@ -35,6 +35,7 @@ use tracing::warn;
 use super::beneath::Beneath;
 use super::recycle::{ReadFile, Recycler};
 use crate::error::FileError;
+use crate::fsutil::file_times;
 use crate::names;
 use crate::raft::command::{Chunk, Command, Commit, Data, Layout, Patch, Span};
 
@@ -175,12 +176,13 @@ impl Tree {
         }
     }
 
-    /// Moves a complete temp file into place as `name`, with its modification time set.
+    /// Moves a complete temp file into place as `name`, with its times set: a new version's
+    /// access time is its modification time (reads never move it; only `file:touch` does).
     fn install(&self, temp: &Path, name: &str, mtime: u64) -> Applied {
         File::options()
             .write(true)
             .open(temp)?
-            .set_modified(time_from_nanos(mtime))?;
+            .set_times(file_times(mtime, mtime))?;
         self.install_timed(temp, name)
     }
 
@@ -213,7 +215,7 @@ impl Tree {
             Command::Mkdir(c) => self.mkdir(&c.dirname, c.mtime),
             Command::Rmdir(c) => self.rmdir(&c.dirname),
             Command::Rename(c) => self.rename(&c.from, &c.to),
-            Command::Touch(c) => self.touch(&c.filename, c.mtime, tag),
+            Command::Touch(c) => self.touch(&c.filename, c.mtime, c.atime, tag),
             Command::Chunk(c) => self.chunk(c),
             Command::Commit(c) => self.commit(c, tag),
             Command::Patch(c) => self.patch(c, tag),
@@ -276,10 +278,12 @@ impl Tree {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return outcome(name, e).map(Err),
         };
+        // A patch keeps the access time (a new file's is its modification time).
+        let atime = current.as_ref().map_or(mtime, |m| m.atime);
         let shaped = |file: &File| -> io::Result<()> {
             shape(file, layout)?;
             write(file)?;
-            file.set_modified(time_from_nanos(mtime))
+            file.set_times(file_times(atime, mtime))
         };
         let temp = self.temp(tag);
         let scratch = || {
@@ -341,7 +345,7 @@ impl Tree {
                 (file, temp)
             }
         };
-        file.set_modified(time_from_nanos(mtime))?;
+        file.set_times(file_times(mtime, mtime))?;
         drop(file);
         self.install_timed(&temp, name)
     }
@@ -399,20 +403,40 @@ impl Tree {
         settle(to, self.files.rename(from, to))
     }
 
-    /// `file:touch`: set the modification time — of the live inode, except while a snapshot
-    /// is archiving hard links of the tree: then a file is replaced by a copy carrying the new
-    /// time (directories are never linked, so they are always touched in place).
-    pub fn touch(&self, name: &str, mtime: u64, tag: u64) -> Applied {
+    /// `file:touch`: set the modification and/or access time — of the live inode, except
+    /// while a snapshot is archiving hard links of the tree: then a file is replaced by a copy
+    /// carrying the new times (directories are never linked, so they are always touched in
+    /// place). A directory's access time is not replicated (listing it moves it).
+    pub fn touch(&self, name: &str, mtime: Option<u64>, atime: Option<u64>, tag: u64) -> Applied {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
         }
-        if self.archiving.load(Ordering::SeqCst) > 0 && self.files.stat(name).is_ok_and(|m| m.is_file) {
-            let temp = self.temp(tag);
-            let mut source = self.files.open_file(name)?;
-            io::copy(&mut source, &mut File::create(&temp)?)?;
-            return self.install(&temp, name, mtime);
+        let current = self.files.stat(name);
+        if self.archiving.load(Ordering::SeqCst) > 0 {
+            if let Ok(old) = current.as_ref().map(|m| m.is_file.then_some(m)) {
+                if let Some(old) = old {
+                    let temp = self.temp(tag);
+                    let copy = File::options()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&temp)?;
+                    super::sparse::copy(&self.files.open_file(name)?, &copy, old.size)?;
+                    copy.set_times(file_times(atime.unwrap_or(old.atime), mtime.unwrap_or(old.mtime)))?;
+                    drop(copy);
+                    return self.install_timed(&temp, name);
+                }
+            }
         }
-        settle(name, self.files.set_mtime(name, mtime))
+        let atime = atime.filter(|_| current.as_ref().is_ok_and(|m| m.is_file));
+        if mtime.is_none() && atime.is_none() {
+            return match current {
+                Ok(_) => Ok(Ok(())),
+                Err(e) => outcome(name, e).map(Err),
+            };
+        }
+        settle(name, self.files.set_times(name, atime, mtime))
     }
 
     fn upload_dir(&self, upload: u64) -> PathBuf {
@@ -780,6 +804,46 @@ mod tests {
         assert_eq!(fs::read_dir(&tree.uploads).unwrap().count(), 0);
     }
 
+    /// Access times are the replicated ones: set by a touch, kept by reads and patches, and a
+    /// new version's is its modification time.
+    #[test]
+    fn access_times_move_only_when_set() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let times = || {
+            let m = fs::metadata(tree.root.join("f")).unwrap();
+            (m.atime(), m.mtime())
+        };
+        tree.write("f", &Data(b"x".to_vec()), 5_000_000_000, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(times(), (5, 5));
+        tree.touch("f", None, Some(7_000_000_000), 2).unwrap().unwrap();
+        assert_eq!(
+            times(),
+            (7, 5),
+            "an access time alone leaves the modification time"
+        );
+        let mut text = String::new();
+        io::Read::read_to_string(&mut tree.open_read("f").unwrap(), &mut text).unwrap();
+        assert_eq!(times(), (7, 5), "reading does not move it");
+        tree.patch(&patch("f", None, 2, &[], &[(1, "y")]), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(times(), (7, 5), "a patch keeps it");
+        tree.touch("f", Some(9_000_000_000), None, 4).unwrap().unwrap();
+        assert_eq!(times(), (7, 9));
+        tree.write("f", &Data(b"z".to_vec()), 11_000_000_000, 5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(times(), (11, 11), "a new version");
+        assert!(matches!(
+            tree.touch("gone", None, Some(1), 6).unwrap(),
+            Err(FileError::NotFound(_))
+        ));
+    }
+
     #[test]
     fn operations_give_deterministic_outcomes() {
         let dir = tempfile::tempdir().unwrap();
@@ -822,7 +886,7 @@ mod tests {
             assert!(refused(tree.delete(bad, 2)), "delete {bad:?}");
             assert!(refused(tree.mkdir(bad, 1)), "mkdir {bad:?}");
             assert!(refused(tree.rmdir(bad)), "rmdir {bad:?}");
-            assert!(refused(tree.touch(bad, 1, 1)), "touch {bad:?}");
+            assert!(refused(tree.touch(bad, Some(1), None, 1)), "touch {bad:?}");
             assert!(refused(tree.rename("ok", bad)), "rename to {bad:?}");
             assert!(refused(tree.rename(bad, "ok")), "rename from {bad:?}");
             let commit = Commit {
@@ -854,7 +918,7 @@ mod tests {
         let linked = dir.path().join("linked");
         let guard = tree.archiving();
         fs::hard_link(tree.root.join("f"), &linked).unwrap();
-        assert_eq!(tree.touch("f", 2_000_000_000, 2).unwrap(), Ok(()));
+        assert_eq!(tree.touch("f", Some(2_000_000_000), None, 2).unwrap(), Ok(()));
         drop(guard);
         let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
         assert_eq!(
@@ -863,7 +927,7 @@ mod tests {
             "the snapshot's link keeps its time"
         );
         assert_eq!(fs::read(tree.root.join("f")).unwrap(), b"x");
-        assert_eq!(tree.touch("f", 3_000_000_000, 3).unwrap(), Ok(()));
+        assert_eq!(tree.touch("f", Some(3_000_000_000), None, 3).unwrap(), Ok(()));
         let ino = |p: &Path| fs::metadata(p).unwrap().ino();
         assert_ne!(ino(&linked), ino(&tree.root.join("f")));
         assert_eq!(mtime(&tree.root.join("f")), 3);

@@ -45,6 +45,11 @@ pub struct Stat {
     pub size: u64,
     /// Last modification, as replicated.
     pub mtime: SystemTime,
+    /// Last access as set explicitly (`utimensat`), replicated; reads do not move it. A
+    /// directory shows its modification time.
+    pub atime: SystemTime,
+    /// Last change of the local copy (contents or metadata), by this node's clock.
+    pub ctime: SystemTime,
     /// Links: for a directory 2 + its subdirectories (as POSIX tools expect); 1 for a file.
     pub links: u64,
     /// 512-byte blocks the local copy occupies (what `du` adds up).
@@ -115,6 +120,8 @@ impl FileStore {
             is_dir: meta.is_dir,
             size: if meta.is_dir { 0 } else { meta.size },
             mtime: files::time_from_nanos(meta.mtime),
+            atime: files::time_from_nanos(if meta.is_dir { meta.mtime } else { meta.atime }),
+            ctime: files::time_from_nanos(meta.ctime),
             // A file's other links are snapshots' or backups' staging copies, not names.
             links: if meta.is_dir { meta.nlink } else { 1 },
             blocks: meta.blocks,

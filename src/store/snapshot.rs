@@ -57,6 +57,9 @@ enum Record {
     File {
         path: String,
         mtime: u64,
+        /// Access time, when it differs from `mtime`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        atime: Option<u64>,
         size: u64,
         /// `[offset, length]` of each range holding data, for a file with holes; the bytes
         /// of these ranges follow, in order. Absent: all `size` bytes follow.
@@ -168,13 +171,20 @@ fn write_dir(w: &mut impl Write, dir: &Path, prefix: &str) -> io::Result<()> {
             return writeln!(w);
         }
         let path = path.to_string();
-        let file = File::open(source)?;
+        let file = crate::fsutil::open_noatime(source)?;
         let size = meta.len();
+        let atime = meta
+            .accessed()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .filter(|&a| a != mtime);
         let extents = super::sparse::data_extents(&file, 0, size)?;
         let dense = extents.is_empty() && size == 0 || extents == [(0, size)];
         let record = Record::File {
             path,
             mtime,
+            atime,
             size,
             data: (!dense).then(|| extents.clone()),
         };
@@ -241,6 +251,7 @@ pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
             Record::File {
                 path,
                 mtime,
+                atime,
                 size,
                 data,
             } => {
@@ -255,7 +266,7 @@ pub fn extract(archive: impl Read, dest: &Path) -> io::Result<Header> {
                     }
                 }
                 out.set_len(size)?;
-                out.set_modified(time_from_nanos(mtime))?;
+                out.set_times(crate::fsutil::file_times(atime.unwrap_or(mtime), mtime))?;
             }
         }
     }
@@ -475,6 +486,9 @@ mod tests {
         let sparse = File::create(src.path().join("files/sparse")).unwrap();
         sparse.write_all_at(b"a", 0).unwrap();
         sparse.write_all_at(b"z", far).unwrap();
+        sparse
+            .set_times(crate::fsutil::file_times(3_000_000_000, 4_000_000_000))
+            .unwrap();
         fs::write(src.path().join("files/dense"), b"dense").unwrap();
         let header = Header {
             meta: Default::default(),
@@ -497,6 +511,7 @@ mod tests {
         let out = File::open(dest.path().join("files/sparse")).unwrap();
         let meta = out.metadata().unwrap();
         assert_eq!(meta.len(), far + 1);
+        assert_eq!((meta.atime(), meta.mtime()), (3, 4), "times travel with the file");
         assert!(meta.blocks() < 1024, "unpacked sparse: {} blocks", meta.blocks());
         let mut byte = [0u8];
         out.read_exact_at(&mut byte, far).unwrap();
