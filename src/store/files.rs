@@ -412,22 +412,19 @@ impl Tree {
             return Ok(Err(e));
         }
         let current = self.files.stat(name);
-        if self.archiving.load(Ordering::SeqCst) > 0 {
-            if let Ok(old) = current.as_ref().map(|m| m.is_file.then_some(m)) {
-                if let Some(old) = old {
-                    let temp = self.temp(tag);
-                    let copy = File::options()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&temp)?;
-                    super::sparse::copy(&self.files.open_file(name)?, &copy, old.size)?;
-                    copy.set_times(file_times(atime.unwrap_or(old.atime), mtime.unwrap_or(old.mtime)))?;
-                    drop(copy);
-                    return self.install_timed(&temp, name);
-                }
-            }
+        let linked_file = current.as_ref().ok().filter(|m| m.is_file);
+        if let (true, Some(old)) = (self.archiving.load(Ordering::SeqCst) > 0, linked_file) {
+            let temp = self.temp(tag);
+            let copy = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp)?;
+            super::sparse::copy(&self.files.open_file(name)?, &copy, old.size)?;
+            copy.set_times(file_times(atime.unwrap_or(old.atime), mtime.unwrap_or(old.mtime)))?;
+            drop(copy);
+            return self.install_timed(&temp, name);
         }
         let atime = atime.filter(|_| current.as_ref().is_ok_and(|m| m.is_file));
         if mtime.is_none() && atime.is_none() {
