@@ -788,7 +788,32 @@ fn a_randomized_exerciser_agrees_with_a_model_on_every_node() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| rand::random::<u64>() | 1);
     println!("fsx: {ops} operations, seed {seed} (RAFTD_FSX_SEED={seed} repeats this run)");
-    let (_c, mounts) = mounted_cluster(&[]);
+    let (mut c, mounts) = mounted_cluster(&[]);
+    let leader = c.wait_leader();
+    // Meanwhile, linearizable reads through another node, and the leader's quorum-ack age:
+    // the quorum guard must never refuse on this healthy, busy cluster.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let reader = c.nodes[(leader + 1) % 3].name.clone();
+        let leader = c.nodes[leader].name.clone();
+        std::thread::spawn(move || {
+            let (mut reads, mut refused, mut max_age) = (0u64, Vec::new(), 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((code, body)) = http(&reader, "GET", "/files/fsx", b"") {
+                    reads += 1;
+                    if code == 503 {
+                        refused.push(String::from_utf8_lossy(&body).to_string());
+                    }
+                }
+                if let Ok((200, body)) = http(&leader, "GET", "/status", b"") {
+                    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    max_age = max_age.max(status["millis_since_quorum_ack"].as_u64().unwrap_or(0));
+                }
+            }
+            (reads, refused, max_age)
+        })
+    };
     let path = mounts[0].join("fsx");
     let mut rng = Rng(seed);
     let mut model: Vec<u8> = Vec::new();
@@ -928,6 +953,14 @@ fn a_randomized_exerciser_agrees_with_a_model_on_every_node() {
     }
     drop(file);
     check_everywhere(&model, ops);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, refused, max_age) = watcher.join().unwrap();
+    println!("fsx: {reads} linearizable reads meanwhile, longest quorum-ack age {max_age} ms");
+    assert!(reads > 0);
+    assert!(
+        refused.is_empty(),
+        "the quorum guard refused on a healthy cluster: {refused:?}"
+    );
 }
 
 /// POSIX lifetimes: a file created and not yet closed is listed, removable and renamable; an
