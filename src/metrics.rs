@@ -79,6 +79,8 @@ pub struct Events {
     pub apply_seconds: Histogram,
     /// Entries per applied batch.
     pub apply_entries: Histogram,
+    /// Commands per `file:batch` entry the leader proposed (group commit).
+    pub batch_commands: Histogram,
     /// HTTP requests by route, method and status.
     pub http_requests: Family<HttpRequest, Counter>,
     /// HTTP request latency by route.
@@ -109,6 +111,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     fsync_entries: counts(),
     apply_seconds: seconds(),
     apply_entries: counts(),
+    batch_commands: counts(),
     http_requests: Family::default(),
     http_seconds: Family::new_with_constructor(seconds),
     fuse_ops: Family::default(),
@@ -170,6 +173,11 @@ impl Events {
             "apply_batch_entries",
             "Entries per applied batch",
             self.apply_entries.clone(),
+        );
+        p.register(
+            "proposal_batch_commands",
+            "Commands per file:batch entry the leader proposed (concurrent writes sharing one entry)",
+            self.batch_commands.clone(),
         );
         p.register(
             "http_requests",

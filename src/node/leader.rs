@@ -60,16 +60,27 @@ impl Node {
             self.check_space().map_err(Refusal::NoSpace)?;
         }
         debug!(name = cmd.name(), "propose");
+        let late = || {
+            Refusal::Unavailable(format!(
+                "not committed within {timeout:?} (no quorum?); the write may still be applied later"
+            ))
+        };
+        if super::batch::Batcher::takes(&cmd) {
+            let batcher = self
+                .batcher
+                .get_or_init(|| super::batch::Batcher::start(self.raft.clone()));
+            return tokio::time::timeout(timeout, batcher.propose(cmd))
+                .await
+                .unwrap_or_else(|_| Err(late()));
+        }
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(resp)) => Ok(Applied {
                 index: resp.log_id.index,
-                result: resp.data,
+                result: resp.data.into_iter().next().unwrap_or(Ok(())),
             }),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
             Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
-            Err(_) => Err(Refusal::Unavailable(format!(
-                "not committed within {timeout:?} (no quorum?); the write may still be applied later"
-            ))),
+            Err(_) => Err(late()),
         }
     }
 

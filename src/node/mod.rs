@@ -12,6 +12,7 @@
 //! accepting writes that cannot commit.
 
 mod admin;
+mod batch;
 mod forward;
 mod health;
 mod inbound;
@@ -176,6 +177,8 @@ pub struct Node {
     /// before the crash. A read index is never below this, so a linearizable read after a
     /// restart waits until those entries are committed and applied.
     started_at_log: Option<u64>,
+    /// Groups concurrent proposals on the leader (started at the first one).
+    batcher: std::sync::OnceLock<batch::Batcher>,
 }
 
 impl Node {
@@ -207,6 +210,7 @@ impl Node {
             stopping: tokio::sync::watch::Sender::new(false),
             incoming_snapshot: Default::default(),
             started_at_log,
+            batcher: std::sync::OnceLock::new(),
         }
     }
 

@@ -106,25 +106,33 @@ impl Node {
                     let EntryPayload::Normal(cmd) = &entry.payload else {
                         continue;
                     };
-                    let paths: Vec<String> = cmd.names().into_iter().map(str::to_string).collect();
-                    if !paths.iter().any(|p| under(&prefix, p)) {
+                    // A batch is one event per command, all with the entry's index.
+                    let changes: Vec<Change> = cmd
+                        .commands()
+                        .into_iter()
+                        .map(|cmd| Change {
+                            index: entry.log_id.index,
+                            term: entry.log_id.leader_id.term,
+                            op: cmd.name(),
+                            paths: cmd.names().into_iter().map(str::to_string).collect(),
+                        })
+                        .filter(|c| c.paths.iter().any(|p| under(&prefix, p)))
+                        .collect();
+                    if changes.is_empty() {
                         continue;
                     }
-                    // Keep one slot for the final event.
-                    if tx.capacity() <= 1 {
+                    // Room for the whole entry (resuming starts after an index) and one slot
+                    // for the final event.
+                    if tx.capacity() <= changes.len() {
                         let message = format!(
                             "cut off: {WATCH_QUEUE} events were waiting for this client; reconnect with Last-Event-ID to resume"
                         );
                         return finish(&tx, "cutoff", message).await;
                     }
-                    let change = Change {
-                        index: entry.log_id.index,
-                        term: entry.log_id.leader_id.term,
-                        op: cmd.name(),
-                        paths,
-                    };
-                    if tx.send(WatchEvent::Change(change)).await.is_err() {
-                        return;
+                    for change in changes {
+                        if tx.send(WatchEvent::Change(change)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

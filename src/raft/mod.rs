@@ -37,7 +37,7 @@ openraft::declare_raft_types!(
     /// raftd's openraft type configuration.
     pub TypeConfig:
         D = Command,
-        R = CommandResult,
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = PeerNode,
         SnapshotData = tokio::fs::File,

@@ -243,63 +243,27 @@ impl Shared {
         self.state.lock().expect("state machine lock poisoned")
     }
 
-    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Vec<CommandResult>>, StorageError> {
         let started = Instant::now();
         let events = crate::metrics::events();
         events.apply_entries.observe(entries.len() as f64);
         let mut state = self.lock();
-        let mut results = Vec::with_capacity(entries.len());
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut results = Vec::new();
         for entry in entries {
             let result = match entry.payload {
-                EntryPayload::Blank => Ok(()),
+                EntryPayload::Blank => None,
                 EntryPayload::Membership(m) => {
                     state.marker.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Ok(())
+                    None
                 }
-                EntryPayload::Normal(cmd) => {
-                    if let Some(time) = cmd.time() {
-                        state.dedup.advance(time);
+                EntryPayload::Normal(Command::Batch(batch)) => {
+                    for cmd in &batch.commands {
+                        results.push(self.apply_command(&mut state, cmd, entry.log_id)?);
                     }
-                    let seen = cmd.req().and_then(|id| state.dedup.get(id).cloned());
-                    match seen {
-                        Some(first) => {
-                            debug!(
-                                index = entry.log_id.index,
-                                "duplicate request, answering first result"
-                            );
-                            // A retried large write staged its pieces again: drop them.
-                            if let Command::Commit(c) = &cmd {
-                                let abort = Command::Commit(Commit {
-                                    filename: None,
-                                    ..c.clone()
-                                });
-                                self.tree
-                                    .apply(&abort, entry.log_id.index)
-                                    .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?
-                                    .ok();
-                            }
-                            first
-                        }
-                        None => {
-                            let result = self
-                                .tree
-                                .apply(&cmd, entry.log_id.index)
-                                .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
-                            if let Command::Chunk(c) = &cmd {
-                                self.tree
-                                    .stamp_upload(c.upload, state.dedup.clock())
-                                    .map_err(io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write))?;
-                            }
-                            if let Some(id) = cmd.req() {
-                                state.dedup.insert(id, result.clone());
-                            }
-                            for path in cmd.names() {
-                                let _ = self.changes.send(Change::Path(path.to_string()));
-                            }
-                            result
-                        }
-                    }
+                    None
                 }
+                EntryPayload::Normal(cmd) => Some(self.apply_command(&mut state, &cmd, entry.log_id)?),
             };
             if entry.log_id.index % RECLAIM_EVERY == 0 {
                 let dropped = self
@@ -311,7 +275,9 @@ impl Shared {
                 }
             }
             state.marker.last_applied = Some(entry.log_id);
-            results.push(result);
+            // One outcome per command: none for Raft's own entries, several for a batch.
+            results.extend(result);
+            outcomes.push(std::mem::take(&mut results));
         }
         // Once per batch: the marker is trusted only after a clean stop (a crash rebuilds from
         // the snapshot and the log), so it need not move with every entry.
@@ -321,7 +287,46 @@ impl Shared {
                 .map_err(io_err(ErrorSubject::Apply(last), ErrorVerb::Write))?;
         }
         events.apply_seconds.observe(crate::metrics::since(started));
-        Ok(results)
+        Ok(outcomes)
+    }
+
+    /// Applies one command (not a batch) unless its request id was seen: then answers the
+    /// first outcome.
+    fn apply_command(
+        &self,
+        state: &mut State,
+        cmd: &Command,
+        log_id: LogId,
+    ) -> Result<CommandResult, StorageError> {
+        let failed = || io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write);
+        if let Some(time) = cmd.time() {
+            state.dedup.advance(time);
+        }
+        if let Some(first) = cmd.req().and_then(|id| state.dedup.get(id).cloned()) {
+            debug!(index = log_id.index, "duplicate request, answering first result");
+            // A retried large write staged its pieces again: drop them.
+            if let Command::Commit(c) = cmd {
+                let abort = Command::Commit(Commit {
+                    filename: None,
+                    ..c.clone()
+                });
+                self.tree.apply(&abort, log_id.index).map_err(failed())?.ok();
+            }
+            return Ok(first);
+        }
+        let result = self.tree.apply(cmd, log_id.index).map_err(failed())?;
+        if let Command::Chunk(c) = cmd {
+            self.tree
+                .stamp_upload(c.upload, state.dedup.clock())
+                .map_err(failed())?;
+        }
+        if let Some(id) = cmd.req() {
+            state.dedup.insert(id, result.clone());
+        }
+        for path in cmd.names() {
+            let _ = self.changes.send(Change::Path(path.to_string()));
+        }
+        Ok(result)
     }
 
     /// Makes everything applied durable, then records that this run stopped cleanly.
@@ -380,7 +385,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((state.marker.last_applied, state.marker.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -221,16 +221,57 @@ async fn retried_commands_are_answered_not_reapplied() {
         .apply([entry(1, 0), delete(1, 42), delete(2, 42), delete(3, 43)])
         .await
         .unwrap();
-    assert_eq!(results[1], Ok(()));
+    assert_eq!(results[1], [Ok(())]);
     assert_eq!(
         results[2],
-        Ok(()),
+        [Ok(())],
         "the retry gets the first answer, not NotFound"
     );
     assert!(
-        matches!(results[3], Err(crate::error::FileError::NotFound(_))),
+        matches!(results[3][..], [Err(crate::error::FileError::NotFound(_))]),
         "a new request is applied"
     );
+
+    // A batch: each command its own outcome, retries recognised inside it too.
+    use crate::raft::command::{Batch, Data, Write};
+    let write = |name: &str, req| {
+        Command::Write(Write {
+            filename: name.into(),
+            data: Data(b"b".to_vec()),
+            mtime: 1,
+            req: Some(req),
+            existing: false,
+        })
+    };
+    let batch = Entry {
+        log_id: log_id(1, 4),
+        payload: EntryPayload::Normal(Command::Batch(Batch {
+            commands: vec![
+                write("g", 50),
+                write("f0/under-a-file-gone", 51),
+                Command::Delete(crate::raft::command::Delete {
+                    filename: "f0".into(),
+                    req: Some(42),
+                }),
+                write("h", 52),
+            ],
+        })),
+    };
+    let results = sm.apply([batch, entry(1, 5)]).await.unwrap();
+    assert_eq!(results.len(), 2, "one outcome list per entry");
+    assert_eq!(results[0].len(), 4, "one outcome per command");
+    assert_eq!(results[0][0], Ok(()));
+    assert_eq!(
+        results[0][1],
+        Ok(()),
+        "f0 is gone, so its name can be a directory"
+    );
+    assert_eq!(results[0][2], Ok(()), "request 42 again: the first answer");
+    assert_eq!(results[0][3], Ok(()));
+    assert_eq!(results[1], [Ok(())]);
+    for name in ["g", "h", "f0/under-a-file-gone"] {
+        assert_eq!(std::fs::read(dir.path().join("files").join(name)).unwrap(), b"b");
+    }
 }
 
 #[tokio::test]
@@ -239,7 +280,7 @@ async fn state_machine_resumes_from_its_marker() {
     let open = || StateMachine::open(dir.path()).unwrap().0;
     let mut sm = open();
     let results = sm.apply((0..3).map(|i| entry(1, i))).await.unwrap();
-    assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
+    assert_eq!(results, vec![vec![Ok(())]; 3]);
     sm.shutdown_handle().mark_clean().unwrap();
     drop(sm);
     // After a clean stop the files and marker are trusted.
@@ -277,7 +318,7 @@ async fn retries_are_recognised_after_a_clean_restart() {
     };
     let (mut sm, _) = StateMachine::open(dir.path()).unwrap();
     let results = sm.apply([entry(1, 0), delete(1, 42)]).await.unwrap();
-    assert_eq!(results[1], Ok(()));
+    assert_eq!(results[1], [Ok(())]);
     sm.shutdown_handle().mark_clean().unwrap();
     drop(sm);
     // No snapshot holds request 42; after a clean stop nothing is replayed. A retry that
@@ -286,7 +327,7 @@ async fn retries_are_recognised_after_a_clean_restart() {
     let results = sm.apply([delete(2, 42)]).await.unwrap();
     assert_eq!(
         results[0],
-        Ok(()),
+        [Ok(())],
         "the retry is recognised, not applied again (NotFound)"
     );
 }
