@@ -20,7 +20,7 @@ use crate::raft::command::{Batch, Command};
 use crate::raft::Raft;
 
 /// Entries being committed at once. Two: one in replication while the next one forms.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 1;
 /// Most commands in one batch.
 const MAX_COMMANDS: usize = 512;
 /// Most bytes of contents in one batch, and the largest command batched at all (a bigger

@@ -11,11 +11,11 @@
 //!
 //! Every change to `files/` is a rename of a complete temp file, an unlink, a mkdir/rmdir or a
 //! rename, or a change to an inode that nothing else can see. So readers always see whole
-//! versions, and snapshots can hard-link the tree instead of copying it. Two commands change
-//! an existing inode: `file:touch` (its mtime) and `file:patch` (part of its contents). A
-//! patch goes into the live inode only when no reader holds it open and no snapshot or backup
-//! links it, and new readers wait while it does; otherwise the file is copied (holes stay
-//! holes), patched and swapped in. While a snapshot is being archived from hard links, a touch
+//! versions, and snapshots can hard-link the tree instead of copying it. An overwrite
+//! (`file:write` of an existing file) and a `file:patch` go into the live inode only when no
+//! reader holds it open and no snapshot or backup links it, and new readers wait while they
+//! do; otherwise the new version is built aside (a patch copies the file, holes staying
+//! holes) and swapped in. While a snapshot is being archived from hard links, a touch
 //! first replaces the file with a copy, so the snapshot keeps the old time.
 //!
 //! Outcomes that depend only on the tree (missing file, not a directory, …) are
@@ -331,6 +331,13 @@ impl Tree {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
         }
+        // An overwrite of a file nothing else can see (no reader holds it, no snapshot or
+        // backup links it) goes into the live inode, new readers waiting meanwhile: no
+        // temp file and no rename, the largest costs of an overwrite once writes come in
+        // batches. Otherwise the new version is built aside and swapped in.
+        if let Some(done) = self.overwrite_in_place(name, data, mtime)? {
+            return Ok(Ok(done));
+        }
         // One open: write the contents and set the time on the same descriptor, into a spare
         // inode when there is one. A spare is written over in place and cut only where it was
         // longer, never truncated to zero first: on ext4 a truncate to zero makes the close
@@ -356,6 +363,30 @@ impl Tree {
         file.set_times(file_times(mtime, mtime))?;
         drop(file);
         self.install_timed(&temp, name)
+    }
+
+    /// Writes `data` over the live file `name` if it is a file that nothing else can see;
+    /// `None` if it is not (missing, a directory, linked, being read).
+    fn overwrite_in_place(&self, name: &str, data: &Data, mtime: u64) -> io::Result<Option<()>> {
+        let Ok(meta) = self.files.stat(name) else {
+            return Ok(None);
+        };
+        if !meta.is_file || meta.nlink != 1 {
+            return Ok(None);
+        }
+        let live = self.files.open_rw(name)?;
+        let ino = std::os::unix::fs::MetadataExt::ino(&live.metadata()?);
+        let Some(_no_new_readers) = self.recycler.exclusive(ino) else {
+            return Ok(None);
+        };
+        // Written over and cut only where it was longer, never truncated to zero first (see
+        // `write`).
+        live.write_all_at(&data.0, 0)?;
+        if meta.size > data.0.len() as u64 {
+            live.set_len(data.0.len() as u64)?;
+        }
+        live.set_times(file_times(mtime, mtime))?;
+        Ok(Some(()))
     }
 
     /// `file:delete`: unlink a file — by moving it aside as a spare inode when nothing reads
@@ -617,8 +648,10 @@ mod tests {
         write("v1", 1);
         let first = ino();
         write("v2", 2);
+        assert_eq!(ino(), first, "nobody reads it: overwritten in place");
+        assert_eq!(fs::read(tree.root.join("f")).unwrap(), b"v2");
         write("v3", 3);
-        assert_eq!(ino(), first, "v1's inode came back for v3");
+        assert_eq!(ino(), first);
         let mut reader = tree.open_read("f").unwrap();
         let held = ino();
         write("v4", 4);

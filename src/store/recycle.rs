@@ -1,5 +1,8 @@
 //! Inodes reused instead of freed: what keeps an overwrite from costing an inode allocation.
 //!
+//! (An overwrite that nothing else can see is written into the live inode: see
+//! [`super::files`]. What follows is the path for a file someone is reading.)
+//!
 //! Every apply used to write a fresh temp file and rename it over the old one, freeing the old
 //! inode. On ext4, allocating an inode soon after thousands were freed is expensive (the
 //! allocator skips recently deleted inodes, reading each one's inode-table block): under
