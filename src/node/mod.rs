@@ -17,6 +17,7 @@ mod forward;
 mod health;
 mod inbound;
 mod leader;
+mod reads;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -179,6 +180,8 @@ pub struct Node {
     started_at_log: Option<u64>,
     /// Groups concurrent proposals on the leader (started at the first one).
     batcher: std::sync::OnceLock<batch::Batcher>,
+    /// Concurrent linearizable reads share read-index round trips.
+    reads: reads::Rounds,
 }
 
 impl Node {
@@ -211,6 +214,7 @@ impl Node {
             incoming_snapshot: Default::default(),
             started_at_log,
             batcher: std::sync::OnceLock::new(),
+            reads: Default::default(),
         }
     }
 
@@ -668,11 +672,14 @@ impl Node {
     }
 
     /// The cluster's read index: the leader's commit index, once it confirmed it still leads.
+    /// Reads that overlap share one request (see [`reads`]).
     pub(crate) async fn read_index(&self) -> Result<Option<u64>> {
-        self.on_leader(PeerRoute::ReadIndex, &(), |timeout| {
-            self.read_index_local(timeout)
-        })
-        .await
+        let ask = || {
+            self.on_leader(PeerRoute::ReadIndex, &(), |timeout| {
+                self.read_index_local(timeout)
+            })
+        };
+        self.reads.read_index(ask).await
     }
 
     /// Adds a node to the cluster (through the leader).
