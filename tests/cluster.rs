@@ -699,3 +699,60 @@ fn retries_with_an_idempotency_key_are_answered_not_repeated() {
     // Keys must be printable.
     assert_eq!(keyed(&na, "DELETE", "/files/x", "bad key", b""), 400);
 }
+
+/// Concurrent writes share entries (`file:batch` in the log), and each keeps its own outcome:
+/// among many writes that succeed, the ones that cannot apply fail alone, with their own
+/// status, on every node they were sent to.
+#[test]
+fn concurrent_writes_share_entries_and_keep_their_own_outcomes() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    assert_eq!(c.nodes[leader].post("/files/plain", b"a file").0, 200);
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let threads: Vec<_> = (0..48)
+        .map(|t| {
+            let node = names[t % 3].clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|i| {
+                        // Every fifth write goes under a file: it must fail, alone.
+                        let path = if i % 5 == 4 {
+                            format!("/files/plain/t{t}-{i}")
+                        } else {
+                            format!("/files/k/t{t}-{i}")
+                        };
+                        let body = format!("{t}-{i}");
+                        let answer = http(&node, "PUT", &path, body.as_bytes()).unwrap();
+                        (path, body, answer)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for thread in threads {
+        for (path, body, (code, answer)) in thread.join().unwrap() {
+            if path.starts_with("/files/plain/") {
+                assert_eq!(code, 409, "{path}: {}", String::from_utf8_lossy(&answer));
+            } else {
+                assert_eq!(code, 200, "{path}: {}", String::from_utf8_lossy(&answer));
+                assert_eq!(c.nodes[leader].get(&path), (200, body.into_bytes()));
+                written += 1;
+            }
+        }
+    }
+    assert_eq!(written, 48 * 16);
+    let log = std::fs::read_to_string(c.nodes[leader].dir.join("log")).unwrap();
+    let batches = log.lines().filter(|l| l.contains(" file:batch ")).count();
+    assert!(batches > 0, "no write shared an entry");
+    let entries = log.lines().filter(|l| l.contains(" file:")).count();
+    assert!(entries < 48 * 20, "{entries} entries for {} writes", 48 * 20);
+    let (_, metrics) = c.nodes[leader].get("/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("raftd_proposal_batch_commands_count ") && !l.ends_with(" 0")),
+        "the batch sizes are measured"
+    );
+}
