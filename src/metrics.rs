@@ -101,6 +101,8 @@ pub struct Events {
     pub leader_changes: Counter,
     /// Backups streamed by `GET /backup`.
     pub backups: Counter,
+    /// Names the FUSE mount's inode table holds (what the kernel has not forgotten).
+    pub fuse_inodes: prometheus_client::metrics::gauge::Gauge,
 }
 
 static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
@@ -122,6 +124,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     snapshot_install_bytes: bytes(),
     leader_changes: Counter::default(),
     backups: Counter::default(),
+    fuse_inodes: Default::default(),
 });
 
 /// The process's event metrics.
@@ -225,6 +228,11 @@ impl Events {
             self.leader_changes.clone(),
         );
         p.register("backups", "Backups streamed by GET /backup", self.backups.clone());
+        p.register(
+            "fuse_inodes",
+            "Names the FUSE mount's inode table holds (those the kernel has not forgotten)",
+            self.fuse_inodes.clone(),
+        );
     }
 
     /// Counts a FUSE operation.

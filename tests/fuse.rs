@@ -1352,3 +1352,37 @@ fn the_mount_answers_system_calls_as_posix_says() {
     ok(&format!("mv {0}/d/f {0}/d/g", root.display()));
     assert!(ctime(&root.join("d/g")) > before, "a rename changes ctime");
 }
+
+/// The inode table holds what the kernel caches, not every name ever seen: after the kernel
+/// drops its caches (and forgets the inodes), the table shrinks back.
+#[test]
+fn the_inode_table_shrinks_when_the_kernel_forgets() {
+    if !fuse_available() {
+        return;
+    }
+    let (c, mounts) = mounted_cluster(&[]);
+    let m = mounts[0].display().to_string();
+    ok(&format!(
+        "mkdir {m}/many && cd {m}/many && for i in $(seq 300); do echo $i > f$i; done"
+    ));
+    let gauge = || {
+        let (_, body) = c.nodes[0].get("/metrics");
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("raftd_fuse_inodes ")
+                    .map(|v| v.parse::<f64>().unwrap() as u64)
+            })
+            .unwrap()
+    };
+    assert_eq!(ok(&format!("ls -l {m}/many | grep -c '^-'")).trim(), "300");
+    assert!(gauge() >= 300, "every listed file was looked up: {}", gauge());
+    wait_for(Duration::from_secs(20), "the kernel to forget the names", || {
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        (gauge() < 50).then_some(())
+    });
+    // Forgotten names still work, under numbers of their own.
+    assert_eq!(ok(&format!("cat {m}/many/f17")), "17\n");
+    assert_eq!(ok(&format!("ls {m}/many | wc -l")).trim(), "300");
+}

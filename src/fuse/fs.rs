@@ -117,6 +117,11 @@ impl Filesystem for RaftFs {
         }
     }
 
+    /// The kernel dropped its cached entries: so does the inode table.
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        self.shared.forget(ino, nlookup);
+    }
+
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
         crate::metrics::events().fuse_op("getattr");
         match self.shared.path(ino).and_then(|p| self.shared.stat(ino, &p)) {
@@ -346,8 +351,16 @@ impl Filesystem for RaftFs {
         let shared = &self.shared;
         let created = shared.child(parent, name).and_then(|path| {
             let ino = shared.inodes.lock().expect("inode lock").ino(&path);
-            let fh = shared.open_writer(ino, &path, true).map_err(|e| errno(&e))?;
-            Ok((fh, shared.stat(ino, &path)?))
+            let opened = shared
+                .open_writer(ino, &path, true)
+                .map_err(|e| errno(&e))
+                .and_then(|fh| Ok((fh, shared.stat(ino, &path)?)));
+            let mut table = shared.inodes.lock().expect("inode lock");
+            match &opened {
+                Ok(_) => table.looked_up(ino),
+                Err(_) => table.unused(&path),
+            }
+            opened
         });
         match created {
             Ok((fh, attr)) => reply.created(&TTL, &attr, 0, fh, 0),
@@ -532,14 +545,14 @@ impl Filesystem for RaftFs {
             (parent_ino, FileType::Directory, "..".to_string()),
         ];
         {
-            let mut table = shared.inodes.lock().expect("inode lock");
+            let table = shared.inodes.lock().expect("inode lock");
             for (name, stat) in children {
                 let kind = if stat.is_dir {
                     FileType::Directory
                 } else {
                     FileType::RegularFile
                 };
-                entries.push((table.ino(&child_path(&path, &name)), kind, name));
+                entries.push((table.listed(&child_path(&path, &name)), kind, name));
             }
             // Created here and not yet committed: listed, as on a local disk.
             for ino in shared.handles.created() {
@@ -598,7 +611,7 @@ impl RaftFs {
                 .is_some_and(|ino| shared.handles.created().contains(&ino))
             && shared.node.store().stat(&path).is_err();
         if uncommitted {
-            shared.inodes.lock().expect("inode lock").forget(&path);
+            shared.inodes.lock().expect("inode lock").forget_path(&path);
             return reply.ok();
         }
         self.later(async move {
@@ -609,7 +622,7 @@ impl RaftFs {
             };
             match result {
                 Ok(()) => {
-                    shared.inodes.lock().expect("inode lock").forget(&path);
+                    shared.inodes.lock().expect("inode lock").forget_path(&path);
                     reply.ok()
                 }
                 Err(e) => failed(op, reply).error(errno(&e)),

@@ -16,12 +16,28 @@ use crate::store::Stat;
 pub(crate) const ROOT: u64 = 1;
 
 /// Bidirectional path ↔ inode table. The root is the empty path.
+///
+/// An entry lives while the kernel holds it: every entry reply counts one lookup, `forget`
+/// gives them back, and at zero the entry goes (the root stays). So the table holds what
+/// the kernel caches, not every name ever listed: `readdir` hands out the number a name
+/// already has, or a provisional one derived from its path, and records nothing.
 #[derive(Debug)]
 pub(crate) struct Inodes {
-    by_ino: HashMap<u64, String>,
+    by_ino: HashMap<u64, Entry>,
     by_path: HashMap<String, u64>,
     next: u64,
 }
+
+#[derive(Debug)]
+struct Entry {
+    path: String,
+    /// Lookups the kernel has not forgotten.
+    lookups: u64,
+}
+
+/// Provisional numbers (names listed, never looked up) have the top bit set; assigned ones
+/// count up from 2 and never reach it.
+const PROVISIONAL: u64 = 1 << 63;
 
 impl Default for Inodes {
     fn default() -> Self {
@@ -30,7 +46,13 @@ impl Default for Inodes {
             by_path: HashMap::new(),
             next: ROOT + 1,
         };
-        t.by_ino.insert(ROOT, String::new());
+        t.by_ino.insert(
+            ROOT,
+            Entry {
+                path: String::new(),
+                lookups: 1,
+            },
+        );
         t.by_path.insert(String::new(), ROOT);
         t
     }
@@ -39,7 +61,7 @@ impl Default for Inodes {
 impl Inodes {
     /// The path of an inode.
     pub(crate) fn path(&self, ino: u64) -> Option<&str> {
-        self.by_ino.get(&ino).map(String::as_str)
+        self.by_ino.get(&ino).map(|e| e.path.as_str())
     }
 
     /// The inode of a path, if it has been looked up.
@@ -47,30 +69,86 @@ impl Inodes {
         self.by_path.get(path).copied()
     }
 
-    /// The inode of a path, assigning one if needed.
+    /// The inode of a path, assigning one if needed (not yet counted as a lookup).
     pub(crate) fn ino(&mut self, path: &str) -> u64 {
         if let Some(&ino) = self.by_path.get(path) {
             return ino;
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, path.to_string());
+        let entry = Entry {
+            path: path.to_string(),
+            lookups: 0,
+        };
+        self.by_ino.insert(ino, entry);
         self.by_path.insert(path.to_string(), ino);
         ino
     }
 
-    /// Drops a removed name: its number no longer resolves to a path (an open handle of it
-    /// answers from the handle, and its writes are not committed), and the name, if created
-    /// again, gets a new number — a new file, as POSIX has it.
-    pub(crate) fn forget(&mut self, path: &str) {
-        if let Some(ino) = self.by_path.remove(path) {
-            self.by_ino.remove(&ino);
+    /// Counts one lookup of `ino`: the kernel was just given an entry for it.
+    pub(crate) fn looked_up(&mut self, ino: u64) {
+        if let Some(e) = self.by_ino.get_mut(&ino) {
+            e.lookups += 1;
         }
+    }
+
+    /// Drops `path`'s entry if the kernel holds no lookup of it (a lookup that found nothing).
+    pub(crate) fn unused(&mut self, path: &str) {
+        if let Some(&ino) = self.by_path.get(path) {
+            if ino != ROOT && self.by_ino.get(&ino).is_some_and(|e| e.lookups == 0) {
+                self.by_path.remove(path);
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino`; at zero the entry goes.
+    pub(crate) fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(e) = self.by_ino.get_mut(&ino) else {
+            return;
+        };
+        e.lookups = e.lookups.saturating_sub(n);
+        if e.lookups == 0 {
+            let path = std::mem::take(&mut e.path);
+            self.by_ino.remove(&ino);
+            if self.by_path.get(&path) == Some(&ino) {
+                self.by_path.remove(&path);
+            }
+        }
+    }
+
+    /// The number to list `path` under in a directory listing: its own if it has one, else
+    /// a provisional one derived from the path (recording nothing).
+    pub(crate) fn listed(&self, path: &str) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            return ino;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        h.finish() | PROVISIONAL
+    }
+
+    /// How many entries the table holds.
+    pub(crate) fn len(&self) -> usize {
+        self.by_ino.len()
     }
 
     /// Every assigned inode number.
     pub(crate) fn all(&self) -> Vec<u64> {
         self.by_ino.keys().copied().collect()
+    }
+
+    /// Drops a removed name: its number no longer resolves to a path (an open handle of it
+    /// answers from the handle, and its writes are not committed), and the name, if created
+    /// again, gets a new number — a new file, as POSIX has it.
+    pub(crate) fn forget_path(&mut self, path: &str) {
+        if let Some(ino) = self.by_path.remove(path) {
+            self.by_ino.remove(&ino);
+        }
     }
 
     /// Records a rename of `from` (and everything below it) to `to`.
@@ -90,7 +168,9 @@ impl Inodes {
             self.by_path.remove(&path);
             let new_path = format!("{to}{}", &path[from.len()..]);
             self.by_path.insert(new_path.clone(), ino);
-            self.by_ino.insert(ino, new_path);
+            if let Some(e) = self.by_ino.get_mut(&ino) {
+                e.path = new_path;
+            }
         }
     }
 }
@@ -125,6 +205,27 @@ pub(crate) fn attr(ino: u64, stat: &Stat, uid: u32, gid: u32) -> FileAttr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_live_while_the_kernel_holds_them() {
+        let mut t = Inodes::default();
+        let f = t.ino("f");
+        t.looked_up(f);
+        t.looked_up(f);
+        assert_ne!(t.listed("g"), t.listed("h"));
+        assert!(t.listed("g") >= PROVISIONAL && t.listed("f") == f);
+        assert_eq!(t.len(), 2, "listing records nothing");
+        t.forget(f, 1);
+        assert_eq!(t.path(f), Some("f"));
+        t.forget(f, 1);
+        assert_eq!((t.path(f), t.get("f")), (None, None), "forgotten");
+        let missing = t.ino("missing");
+        t.unused("missing");
+        assert_eq!(t.path(missing), None, "a lookup that found nothing keeps nothing");
+        t.forget(ROOT, 10);
+        assert_eq!(t.path(ROOT), Some(""));
+        assert_ne!(t.ino("f"), f, "numbers are never reused");
+    }
 
     #[test]
     fn rename_moves_subtrees_and_keeps_numbers() {

@@ -164,9 +164,25 @@ impl Shared {
         self.node.touch(path, mtime, atime).await
     }
 
+    /// The attributes of `path` for an entry reply, counting the lookup the kernel will
+    /// hold; a name that is not there leaves no entry behind.
     pub(super) fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
         let ino = self.inodes.lock().expect("inode lock").ino(path);
-        self.stat(ino, path)
+        let attr = self.stat(ino, path);
+        let mut table = self.inodes.lock().expect("inode lock");
+        match &attr {
+            Ok(_) => table.looked_up(ino),
+            Err(_) => table.unused(path),
+        }
+        crate::metrics::events().fuse_inodes.set(table.len() as i64);
+        attr
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub(super) fn forget(&self, ino: u64, n: u64) {
+        let mut table = self.inodes.lock().expect("inode lock");
+        table.forget(ino, n);
+        crate::metrics::events().fuse_inodes.set(table.len() as i64);
     }
 
     pub(super) fn handle(&self, fh: u64) -> std::result::Result<handles::Shared, libc::c_int> {
