@@ -795,14 +795,17 @@ mod tests {
         tree.write("f", &Data(b"0123456789".to_vec()), 1, 1)
             .unwrap()
             .unwrap();
-        for (seq, text) in ["ab", "cde"].iter().enumerate() {
-            let chunk = Chunk {
-                upload: 9,
-                seq: seq as u32,
-                data: Data(text.as_bytes().to_vec()),
-            };
-            tree.chunk(&chunk).unwrap().unwrap();
-        }
+        let stage = || {
+            for (seq, text) in ["ab", "cde"].iter().enumerate() {
+                let chunk = Chunk {
+                    upload: 9,
+                    seq: seq as u32,
+                    data: Data(text.as_bytes().to_vec()),
+                };
+                tree.chunk(&chunk).unwrap().unwrap();
+            }
+        };
+        stage();
         let commit = |spans: Vec<Span>| Commit {
             upload: 9,
             filename: Some("f".into()),
@@ -827,14 +830,7 @@ mod tests {
             b"0123456789",
             "refused whole"
         );
-        for (seq, text) in ["ab", "cde"].iter().enumerate() {
-            let chunk = Chunk {
-                upload: 9,
-                seq: seq as u32,
-                data: Data(text.as_bytes().to_vec()),
-            };
-            tree.chunk(&chunk).unwrap().unwrap();
-        }
+        stage();
         tree.commit(&commit(vec![Span(1, 1), Span(5, 3), Span(11, 1)]), 3)
             .unwrap()
             .unwrap();
