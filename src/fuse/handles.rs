@@ -142,21 +142,24 @@ impl Writer {
             return Ok(None);
         }
         for (start, stop, mine) in self.written.pieces(at, self.size) {
-            let (file, stop) = match (&self.base, mine) {
+            // The part of the piece a file backs; the rest (past the cut) reads as a hole.
+            let (file, backed) = match (&self.base, mine) {
                 (_, true) => (Some(&self.buffer), stop),
                 (Some(base), false) if start < self.base_limit => (Some(&**base), stop.min(self.base_limit)),
                 _ => (None, start),
             };
             let found = match file {
-                Some(file) if data => sparse::next_data(file, start)?.filter(|&d| d < stop),
-                Some(file) => sparse::next_hole(file, start)?
-                    .map(|h| h.max(start))
-                    .filter(|&h| h < stop),
-                None => None,
+                Some(file) if data => sparse::next_data(file, start)?.filter(|&d| d < backed),
+                // Past a file's end is a hole too.
+                Some(file) => Some(
+                    sparse::next_hole(file, start)?
+                        .unwrap_or(start)
+                        .clamp(start, backed),
+                ),
+                None if data => None,
+                None => Some(start),
             };
-            // A piece with no backing file (zeros past the cut) is all hole.
-            let found = found.or((!data && file.is_none()).then_some(start));
-            if let Some(found) = found {
+            if let Some(found) = found.filter(|&f| f < stop) {
                 return Ok(Some(found));
             }
         }
@@ -431,25 +434,24 @@ impl Handle {
     fn recreate(&mut self) {
         if let Handle::Write(w) = self {
             w.existed = false;
-            if w.base_limit > 0 {
-                // Bring the base's bytes into the buffer: they must travel with the commit.
+            let kept = w.base_limit.min(w.size);
+            if let (Some(base), true) = (&w.base, kept > 0) {
+                // Bring the base's data (not its holes) into the buffer where this handle has
+                // not written: it must travel with the commit.
                 let mut buf = vec![0u8; 1 << 16];
-                let mut at = 0;
-                while at < w.base_limit.min(w.size) {
-                    let n = (w.base_limit.min(w.size) - at).min(buf.len() as u64) as usize;
-                    let pieces = w.written.pieces(at, at + n as u64);
-                    for (start, stop, mine) in pieces {
-                        if mine {
-                            continue;
-                        }
-                        let part = &mut buf[..(stop - start) as usize];
-                        if w.read_at(part, start).is_ok() {
-                            let _ = w.buffer.write_all_at(part, start);
+                for (offset, len) in sparse::data_extents(base, 0, kept).unwrap_or_default() {
+                    for (start, stop, mine) in w.written.pieces(offset, offset + len) {
+                        let mut at = start;
+                        while !mine && at < stop {
+                            let n = (stop - at).min(buf.len() as u64) as usize;
+                            let got = read_full(base, &mut buf[..n], at).unwrap_or(0);
+                            buf[got..n].fill(0);
+                            let _ = w.buffer.write_all_at(&buf[..n], at);
+                            at += n as u64;
                         }
                     }
-                    at += n as u64;
                 }
-                w.written.insert(0, w.base_limit.min(w.size));
+                w.written.insert(0, kept);
             }
             w.base = None;
             w.base_limit = 0;
@@ -736,6 +738,22 @@ mod tests {
             0,
             "buffer deleted"
         );
+    }
+
+    /// Past a cut, the committed file's bytes are a hole: `SEEK_HOLE` finds it there.
+    #[test]
+    fn a_cut_leaves_a_hole_seek_can_find() {
+        let f = fixture();
+        let base = f.committed(b"old contents");
+        let (_, h) = f
+            .handles
+            .insert(f.handles.new_writer(9, Some(base), false).unwrap());
+        locked(&h).resize(4).unwrap();
+        locked(&h).resize(8).unwrap();
+        assert_eq!(view(&h), b"old \0\0\0\0");
+        assert_eq!(locked(&h).seek(0, false).unwrap(), Some(4));
+        assert_eq!(locked(&h).seek(0, true).unwrap(), Some(0));
+        assert_eq!(locked(&h).seek(5, true).unwrap(), None);
     }
 
     /// Rewriting a file from empty commits it whole (one `file:write`), and an extension

@@ -167,9 +167,11 @@ impl Shared {
     /// The attributes of `path` for an entry reply, counting the lookup the kernel will
     /// hold; a name that is not there leaves no entry behind.
     pub(super) fn lookup_attr(&self, path: &str) -> std::result::Result<FileAttr, libc::c_int> {
-        let ino = self.inodes.lock().expect("inode lock").ino(path);
-        let attr = self.stat(ino, path);
+        // One hold of the table from number to count, so a `forget` handled meanwhile (this
+        // may run on a task while the request loop handles one) cannot drop the entry between.
         let mut table = self.inodes.lock().expect("inode lock");
+        let ino = table.ino(path);
+        let attr = self.stat(ino, path);
         match &attr {
             Ok(_) => table.looked_up(ino),
             Err(_) => table.unused(path),
