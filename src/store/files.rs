@@ -222,7 +222,8 @@ impl Tree {
             // The state machine applies a batch's commands one by one, each with its own
             // outcome; here (replaying a log by hand) each is applied and the batch succeeds.
             Command::Batch(b) => {
-                for cmd in &b.commands {
+                for (i, cmd) in b.commands.iter().enumerate() {
+                    let tag = super::state_machine::batched_tag(tag, i);
                     self.apply(cmd, tag)?.ok();
                 }
                 Ok(Ok(()))

@@ -47,6 +47,14 @@ pub(crate) const UPLOAD_WINDOW_NANOS: u64 = 60 * 60 * 1_000_000_000;
 /// multiple of this, the same entries on every replica.
 pub(crate) const RECLAIM_EVERY: u64 = 1024;
 
+/// The temp-file tag of the `i`th command of the batch at `index`. Every command needs its
+/// own: a deleted file set aside as a spare inode stays at its command's temp path, and the
+/// next command of the same entry must not create its temp file there. Log indexes stay far
+/// below 2^48.
+pub(crate) fn batched_tag(index: u64, i: usize) -> u64 {
+    index | ((i as u64 + 1) << 48)
+}
+
 /// What `sm/applied` records.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Marker {
@@ -258,12 +266,16 @@ impl Shared {
                     None
                 }
                 EntryPayload::Normal(Command::Batch(batch)) => {
-                    for cmd in &batch.commands {
-                        results.push(self.apply_command(&mut state, cmd, entry.log_id)?);
+                    for (i, cmd) in batch.commands.iter().enumerate() {
+                        let tag = batched_tag(entry.log_id.index, i);
+                        results.push(self.apply_command(&mut state, cmd, entry.log_id, tag)?);
                     }
                     None
                 }
-                EntryPayload::Normal(cmd) => Some(self.apply_command(&mut state, &cmd, entry.log_id)?),
+                EntryPayload::Normal(cmd) => {
+                    let tag = entry.log_id.index;
+                    Some(self.apply_command(&mut state, &cmd, entry.log_id, tag)?)
+                }
             };
             if entry.log_id.index % RECLAIM_EVERY == 0 {
                 let dropped = self
@@ -291,12 +303,13 @@ impl Shared {
     }
 
     /// Applies one command (not a batch) unless its request id was seen: then answers the
-    /// first outcome.
+    /// first outcome. `tag` names its temp files (unique per command, see [`batched_tag`]).
     fn apply_command(
         &self,
         state: &mut State,
         cmd: &Command,
         log_id: LogId,
+        tag: u64,
     ) -> Result<CommandResult, StorageError> {
         let failed = || io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write);
         if let Some(time) = cmd.time() {
@@ -310,11 +323,11 @@ impl Shared {
                     filename: None,
                     ..c.clone()
                 });
-                self.tree.apply(&abort, log_id.index).map_err(failed())?.ok();
+                self.tree.apply(&abort, tag).map_err(failed())?.ok();
             }
             return Ok(first);
         }
-        let result = self.tree.apply(cmd, log_id.index).map_err(failed())?;
+        let result = self.tree.apply(cmd, tag).map_err(failed())?;
         if let Command::Chunk(c) = cmd {
             self.tree
                 .stamp_upload(c.upload, state.dedup.clock())

@@ -254,12 +254,36 @@ async fn retried_commands_are_answered_not_reapplied() {
                     req: Some(42),
                 }),
                 write("h", 52),
+                // A delete sets its inode aside at its temp path; the next new file must not
+                // be created there (each command of a batch has its own temp name).
+                Command::Delete(crate::raft::command::Delete {
+                    filename: "g".into(),
+                    req: Some(53),
+                }),
+                Command::Patch(crate::raft::command::Patch {
+                    filename: "p".into(),
+                    layout: crate::raft::command::Layout {
+                        cut: None,
+                        size: 1,
+                        zeros: vec![],
+                    },
+                    writes: vec![crate::raft::command::Piece {
+                        offset: 0,
+                        data: Data(b"b".to_vec()),
+                    }],
+                    mtime: 1,
+                    req: Some(56),
+                    existing: false,
+                }),
+                write("i", 54),
+                write("j", 55),
             ],
         })),
     };
     let results = sm.apply([batch, entry(1, 5)]).await.unwrap();
     assert_eq!(results.len(), 2, "one outcome list per entry");
-    assert_eq!(results[0].len(), 4, "one outcome per command");
+    assert_eq!(results[0].len(), 8, "one outcome per command");
+    assert!(results[0].iter().all(|r| r.is_ok()), "{:?}", results[0]);
     assert_eq!(results[0][0], Ok(()));
     assert_eq!(
         results[0][1],
@@ -269,8 +293,23 @@ async fn retried_commands_are_answered_not_reapplied() {
     assert_eq!(results[0][2], Ok(()), "request 42 again: the first answer");
     assert_eq!(results[0][3], Ok(()));
     assert_eq!(results[1], [Ok(())]);
-    for name in ["g", "h", "f0/under-a-file-gone"] {
+    for name in ["h", "p", "i", "j", "f0/under-a-file-gone"] {
         assert_eq!(std::fs::read(dir.path().join("files").join(name)).unwrap(), b"b");
+    }
+    assert!(!dir.path().join("files/g").exists());
+    // The spare inodes stay usable: more new files, one entry each.
+    let more: Vec<Entry> = (6..12)
+        .map(|i| Entry {
+            log_id: log_id(1, i),
+            payload: EntryPayload::Normal(write(&format!("n{i}"), 100 + i)),
+        })
+        .collect();
+    sm.apply(more).await.unwrap();
+    for i in 6..12 {
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("files/n{i}"))).unwrap(),
+            b"b"
+        );
     }
 }
 
