@@ -291,6 +291,26 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// The files a log's text says exist after applying every entry up to `index`: writes and
 /// deletes (all this test's load issues).
 fn files_at(log: &str, index: u64) -> BTreeMap<String, Vec<u8>> {
+    fn replay(files: &mut BTreeMap<String, Vec<u8>>, name: &str, body: &serde_json::Value) {
+        let filename = body["filename"].as_str().map(str::to_string);
+        match name {
+            "file:write" => {
+                let content = body["content"].as_str().unwrap().as_bytes().to_vec();
+                files.insert(filename.unwrap(), content);
+            }
+            "file:delete" => {
+                files.remove(&filename.unwrap());
+            }
+            // Concurrent writes share an entry: each command in order.
+            "file:batch" => {
+                for named in body["commands"].as_array().unwrap() {
+                    let (name, body) = named.as_object().unwrap().iter().next().unwrap();
+                    replay(files, name, body);
+                }
+            }
+            _ => {}
+        }
+    }
     let mut files = BTreeMap::new();
     for line in log.lines() {
         let parts: Vec<&str> = line.splitn(5, ' ').collect();
@@ -302,19 +322,7 @@ fn files_at(log: &str, index: u64) -> BTreeMap<String, Vec<u8>> {
             .get(4)
             .and_then(|j| serde_json::from_str(j).ok())
             .unwrap_or_default();
-        let name = body["filename"].as_str().map(str::to_string);
-        match parts[3] {
-            "file:write" => {
-                files.insert(
-                    name.unwrap(),
-                    body["content"].as_str().unwrap().as_bytes().to_vec(),
-                );
-            }
-            "file:delete" => {
-                files.remove(&name.unwrap());
-            }
-            _ => {}
-        }
+        replay(&mut files, parts[3], &body);
     }
     files
 }
