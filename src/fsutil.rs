@@ -45,6 +45,22 @@ pub(crate) fn open_noatime(path: &Path) -> io::Result<File> {
     }
 }
 
+/// Reads as much of `buf` as `file` holds at `offset` (positional, retrying interrupted
+/// reads); returns how much that was: less than `buf.len()` only at the end of the file.
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// Access and modification times from nanoseconds since the epoch.
 pub(crate) fn file_times(atime: u64, mtime: u64) -> fs::FileTimes {
     let at = |n: u64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n);

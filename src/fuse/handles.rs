@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::ranges::Ranges;
+use crate::fsutil::read_full_at;
 use crate::raft::command::{Layout, RequestId, Span};
 use crate::store::recycle::ReadFile;
 use crate::store::sparse;
@@ -127,7 +128,7 @@ impl Writer {
             };
             let limit = if mine { stop } else { stop.min(self.base_limit) };
             let filled = match source {
-                Some(file) => read_full(file, &mut part[..(limit - start) as usize], start)?,
+                Some(file) => read_full_at(file, &mut part[..(limit - start) as usize], start)?,
                 None => 0,
             };
             part[filled..].fill(0);
@@ -205,20 +206,6 @@ impl Writer {
     }
 }
 
-/// Reads as much of `buf` as the file holds at `offset`.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 impl Drop for Writer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.buffer_path);
@@ -228,8 +215,6 @@ impl Drop for Writer {
 /// What an open handle shows of its file, for `stat`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
-    /// The FUSE inode, for a write handle.
-    pub ino: Option<u64>,
     /// Length.
     pub size: u64,
     /// 512-byte blocks.
@@ -282,7 +267,7 @@ impl Handle {
     /// Reads what the handle sees at `offset` (its own writes over the committed file).
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
-            Handle::Read(file) => read_full(file, buf, offset),
+            Handle::Read(file) => read_full_at(file, buf, offset),
             Handle::Write(w) => w.read_at(buf, offset),
         }
     }
@@ -292,7 +277,6 @@ impl Handle {
         use std::os::unix::fs::MetadataExt;
         match self {
             Handle::Read(file) => file.metadata().ok().map(|m| Seen {
-                ino: None,
                 size: m.len(),
                 blocks: m.blocks(),
                 mtime: m.modified().ok(),
@@ -303,7 +287,6 @@ impl Handle {
                 committed: true,
             }),
             Handle::Write(w) => Some(Seen {
-                ino: Some(w.ino),
                 size: w.size,
                 blocks: w.blocks(),
                 mtime: None,
@@ -444,7 +427,7 @@ impl Handle {
                         let mut at = start;
                         while !mine && at < stop {
                             let n = (stop - at).min(buf.len() as u64) as usize;
-                            let got = read_full(base, &mut buf[..n], at).unwrap_or(0);
+                            let got = read_full_at(base, &mut buf[..n], at).unwrap_or(0);
                             buf[got..n].fill(0);
                             let _ = w.buffer.write_all_at(&buf[..n], at);
                             at += n as u64;
@@ -555,9 +538,10 @@ impl Handles {
 
     /// `ino` as its open writer sees it, if one is open.
     pub(crate) fn writing(&self, ino: u64) -> Option<Seen> {
-        self.table()
-            .values()
-            .find_map(|h| lock(h).seen().filter(|s| s.ino == Some(ino)))
+        self.table().values().find_map(|h| match &*lock(h) {
+            handle @ Handle::Write(w) if w.ino == ino => handle.seen(),
+            _ => None,
+        })
     }
 
     /// Inodes written through this mount that are not in the tree yet (created, not yet

@@ -66,16 +66,8 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// Reads `buf.len()` bytes of `file` at `offset`, zeros past its end (a write buffer may be
 /// cut while a commit reads it; what was cut is sent again by the next commit).
 fn read_filled(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read write buffer", e)),
-        }
-    }
+    let filled =
+        crate::fsutil::read_full_at(file, buf, offset).map_err(|e| Error::io("read write buffer", e))?;
     buf[filled..].fill(0);
     Ok(())
 }
