@@ -146,12 +146,11 @@ impl Config {
         self.election_timeout + self.election_timeout / 3
     }
 
-    /// How far apart survivors campaign once their silent leader's lease has run out: a
-    /// sixth of the election timeout (50 ms by default), hundreds of loopback round trips, so
-    /// two rarely ask together (and `raft::elections` breaks a tie when they do), while
-    /// failover stays near the lease.
+    /// The spread of election timeouts above the minimum. A third of it: wide enough that two
+    /// survivors rarely time out together (and `raft::elections` breaks a tie when they do),
+    /// narrow enough that failover, which waits out the maximum, stays near the minimum.
     pub fn election_spread(&self) -> Duration {
-        self.election_timeout / 6
+        self.election_timeout / 3
     }
 
     /// The longest a leader may go without hearing from a majority before it stops serving
