@@ -333,8 +333,7 @@ pub struct Cli {
     #[arg(long, env = "RAFTD_HEARTBEAT_MS", default_value_t = config::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
 
-    /// Minimum election timeout in milliseconds; the maximum, which is also how long a voter
-    /// keeps faith with a silent leader, is 4/3 of this (go-raft's raftd: 2000).
+    /// Minimum election timeout in milliseconds; the maximum is twice this (go-raft's raftd: 2000).
     #[arg(long, env = "RAFTD_ELECTION_TIMEOUT_MS", default_value_t = config::DEFAULT_ELECTION_TIMEOUT_MS)]
     pub election_timeout_ms: u64,
 

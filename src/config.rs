@@ -143,14 +143,7 @@ impl Config {
     /// How long a voter refuses to vote after its leader's last message: openraft 0.9's
     /// leader lease, the maximum election timeout.
     pub fn leader_lease(&self) -> Duration {
-        self.election_timeout + self.election_timeout / 3
-    }
-
-    /// The spread of election timeouts above the minimum. A third of it: wide enough that two
-    /// survivors rarely time out together (and `raft::elections` breaks a tie when they do),
-    /// narrow enough that failover, which waits out the maximum, stays near the minimum.
-    pub fn election_spread(&self) -> Duration {
-        self.election_timeout / 3
+        self.election_timeout * 2
     }
 
     /// The longest a leader may go without hearing from a majority before it stops serving
@@ -194,7 +187,7 @@ impl Config {
             cluster_name: "raftd".into(),
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             election_timeout_min: min,
-            election_timeout_max: self.leader_lease().as_millis() as u64,
+            election_timeout_max: min * 2,
             // Snapshot chunks travel as JSON; give each a generous budget.
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
@@ -282,7 +275,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(
             c.raft_config().unwrap().election_timeout_max,
-            DEFAULT_ELECTION_TIMEOUT_MS + DEFAULT_ELECTION_TIMEOUT_MS / 3
+            2 * DEFAULT_ELECTION_TIMEOUT_MS
         );
         // go-raft's pace is reachable.
         c.heartbeat = Duration::from_millis(1000);

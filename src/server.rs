@@ -146,7 +146,7 @@ pub async fn launch(
         running.raft.clone(),
         node.leader_contact().clone(),
         config.leader_lease(),
-        config.election_spread(),
+        config.election_timeout / 2,
     ));
     tokio::spawn(crate::raft::compaction::snapshot_policy(
         running.raft.clone(),
