@@ -410,14 +410,14 @@ fn close_fails_without_quorum_and_mounts_recover() {
 /// A file deleted or renamed on another node while open for writing here is not re-created
 /// under its old name when the writer closes (its contents go, as an unlinked file's do).
 #[test]
-fn a_file_removed_elsewhere_while_open_is_not_resurrected() {
+fn a_file_removed_elsewhere_while_open_is_not_resurrected_and_one_renamed_follows_its_name() {
     if !fuse_available() {
         return;
     }
     let (mut c, m) = mounted_cluster(&[]);
     let leader = c.wait_leader();
     let here = c.followers(leader)[0];
-    for name in ["deleted", "renamed"] {
+    for name in ["deleted", "renamed", "renamed-late"] {
         assert_eq!(
             c.nodes[leader].post(&format!("/files/{name}"), b"original").0,
             200
@@ -432,22 +432,32 @@ fn a_file_removed_elsewhere_while_open_is_not_resurrected() {
         std::io::Write::write_all(&mut f, b" and more").unwrap();
         f
     };
-    let (deleted, renamed) = (open("deleted"), open("renamed"));
+    let (deleted, renamed, late) = (open("deleted"), open("renamed"), open("renamed-late"));
     assert_eq!(c.nodes[leader].delete("/files/deleted").0, 200);
     // In this process: a child's exec would close its copies of the open files, and each close
     // flushes (commits) the writer.
     std::fs::rename(m[leader].join("renamed"), m[leader].join("moved")).unwrap();
     c.wait_replicated(here, "moved", b"original");
-    // Closing succeeds (the data of a removed file is dropped, as POSIX does for an unlinked
-    // one) and neither old name comes back, on any node.
+    // Renamed and committed at once: this node may not have applied the rename yet when the
+    // handle commits; the commit then catches up and follows the name.
+    std::fs::rename(m[leader].join("renamed-late"), m[leader].join("moved-late")).unwrap();
+    late.sync_all().unwrap();
+    // Closing succeeds: the data of a removed file is dropped (as POSIX does for an unlinked
+    // one) and its name does not come back; a renamed file's data lands under its new name.
     deleted.sync_all().unwrap();
     renamed.sync_all().unwrap();
-    drop((deleted, renamed));
+    drop((deleted, renamed, late));
     let leader = c.wait_leader();
     for n in &c.nodes {
-        assert_eq!(n.get("/files/deleted").0, 404, "{}", n.name);
-        assert_eq!(n.get("/files/renamed").0, 404, "{}", n.name);
-        assert_eq!(n.get("/files/moved"), (200, b"original".to_vec()), "{}", n.name);
+        for gone in ["deleted", "renamed", "renamed-late"] {
+            assert_eq!(n.get(&format!("/files/{gone}")).0, 404, "{gone} on {}", n.name);
+        }
+    }
+    for moved in ["moved", "moved-late"] {
+        for i in 0..c.nodes.len() {
+            c.wait_replicated(i, moved, b"original and more");
+        }
+        assert_eq!(std::fs::read(m[here].join(moved)).unwrap(), b"original and more");
     }
     assert_eq!(c.nodes[leader].get("/files/deleted").0, 404);
 }
@@ -1385,4 +1395,95 @@ fn the_inode_table_shrinks_when_the_kernel_forgets() {
     // Forgotten names still work, under numbers of their own.
     assert_eq!(ok(&format!("cat {m}/many/f17")), "17\n");
     assert_eq!(ok(&format!("ls {m}/many | wc -l")).trim(), "300");
+}
+
+/// A counter of node `i`'s FUSE operations of kind `op`.
+fn fuse_ops(c: &Cluster, i: usize, op: &str) -> u64 {
+    let (_, body) = c.nodes[i].get("/metrics");
+    let prefix = format!("raftd_fuse_operations_total{{op=\"{op}\"}} ");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse::<f64>().unwrap() as u64))
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_kernel_caches_names_and_attributes_and_forgets_whatever_changes_anywhere() {
+    if !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(&[]);
+    let leader = c.wait_leader();
+    let (here, elsewhere) = (c.followers(leader)[0], c.followers(leader)[1]);
+    let f = m[here].join("f");
+    std::fs::write(&f, b"one").unwrap();
+
+    // Cached: a hundred `stat`s of a name cost the node (almost) no requests.
+    std::fs::metadata(&f).unwrap();
+    let asked = || fuse_ops(&c, here, "lookup") + fuse_ops(&c, here, "getattr");
+    let before = asked();
+    for _ in 0..100 {
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 3);
+    }
+    let requests = asked() - before;
+    assert!(
+        requests < 10,
+        "100 stats of a cached name sent {requests} requests"
+    );
+
+    // Exact: a change committed through another node is what `open` then sees, and from then
+    // on what `stat` shows — not the attributes cached a moment ago.
+    let two = b"version two, longer";
+    assert_eq!(c.nodes[elsewhere].post("/files/f", two).0, 200);
+    assert_eq!(std::fs::read(&f).unwrap(), two);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), two.len() as u64);
+
+    // Removed elsewhere: gone here, though its entry was cached.
+    assert_eq!(c.nodes[elsewhere].delete("/files/f").0, 200);
+    let opened = std::fs::File::open(&f).map(|_| ());
+    assert_eq!(opened.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert!(!f.exists(), "a removed name stays cached");
+
+    // A name that changes kind elsewhere (file, then directory) is looked up afresh: no
+    // stale type, no EIO.
+    let g = m[here].join("g");
+    std::fs::write(&g, b"a file").unwrap();
+    assert!(std::fs::metadata(&g).unwrap().is_file());
+    assert_eq!(c.nodes[elsewhere].delete("/files/g").0, 200);
+    assert_eq!(c.nodes[elsewhere].post("/files/g/inner", b"x").0, 200);
+    assert_eq!(std::fs::read(g.join("inner")).unwrap(), b"x");
+    assert!(std::fs::metadata(&g).unwrap().is_dir());
+
+    // A shell whose working directory is in the mount keeps it while others change the
+    // directory's contents; it sees a name created elsewhere (negative lookups are never
+    // cached).
+    std::fs::create_dir(m[here].join("d")).unwrap();
+    let d = m[here].join("d").display().to_string();
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {d} && echo ready && until [ -e stop ]; do sleep 0.02; done; ls; /bin/pwd"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    for name in ["a", "b", "stop"] {
+        assert_eq!(c.nodes[elsewhere].post(&format!("/files/d/{name}"), b"x").0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shell.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the shell in the mount never saw `stop`"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, format!("a\nb\nstop\n{d}\n"));
 }

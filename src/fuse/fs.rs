@@ -12,13 +12,19 @@
 //! `fsync()` therefore return only after the contents are committed by a majority, and fail
 //! with EIO if they cannot be. `open()`, and a lookup that finds nothing locally, first pass
 //! a read barrier through the leader (unless `--stale-reads`), so they see every write whose
-//! `close()` returned before they began; a read handle keeps the version it opened. Attributes and entries are not cached by
-//! the kernel (TTL 0), pages are dropped at every open, and the pages and attributes of
-//! whatever an applied change touched are invalidated.
+//! `close()` returned before they began; a read handle keeps the version it opened.
+//!
+//! The kernel caches entries and attributes (for [`TTL`]), so `stat`, `ls -l` and
+//! `git status` are answered without a request per name. The cache is kept exact by the
+//! invalidation thread (see [`super`]): every applied change, from any node, drops the
+//! attributes and pages of what it touched and the entries of names it removed; `open`
+//! waits until the invalidations of everything applied before it have been sent. A name
+//! that is not there is never cached (a negative lookup asks again), so a file created on
+//! another node is found as soon as it is applied here, or at once after a read barrier.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -36,9 +42,10 @@ use crate::error::{Error, Result};
 use crate::names::{self, child_path};
 use crate::node::Node;
 
-/// How long the kernel may cache attributes and entries: not at all, so a change applied
-/// from another node is seen at the next system call.
-const TTL: Duration = Duration::ZERO;
+/// How long the kernel may cache attributes and entries. Invalidation, not this timeout,
+/// keeps the cache right; the timeout only bounds how long a notice the kernel refused (it
+/// does not happen, but a kernel is not ours to prove) could leave it stale.
+const TTL: Duration = Duration::from_secs(30);
 
 /// The `fuser::Filesystem` implementation.
 pub(crate) struct RaftFs {
@@ -63,6 +70,8 @@ impl RaftFs {
             stale_reads,
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
+            fence: RwLock::default(),
+            handled: tokio::sync::watch::Sender::new(0),
         };
         Ok(RaftFs {
             shared: Arc::new(shared),
@@ -96,6 +105,7 @@ impl Filesystem for RaftFs {
             Ok(p) => p,
             Err(e) => return failed("lookup", reply).error(e),
         };
+        let fence = self.shared.replying();
         match self.shared.lookup_attr(&path) {
             Ok(attr) => reply.entry(&TTL, &attr, 0),
             // Absent here may mean "not applied here yet": a name created elsewhere before
@@ -103,11 +113,12 @@ impl Filesystem for RaftFs {
             Err(libc::ENOENT) if !self.shared.stale_reads => {
                 let shared = self.shared.clone();
                 self.later(async move {
-                    let found = match shared.node.read_barrier().await {
-                        Ok(()) => shared.lookup_attr(&path),
-                        Err(e) => Err(errno(&e)),
-                    };
-                    match found {
+                    let barrier = shared.node.read_barrier().await;
+                    let _fence = shared.replying();
+                    match barrier
+                        .map_err(|e| errno(&e))
+                        .and_then(|()| shared.lookup_attr(&path))
+                    {
                         Ok(attr) => reply.entry(&TTL, &attr, 0),
                         Err(e) => failed("lookup", reply).error(e),
                     }
@@ -115,6 +126,7 @@ impl Filesystem for RaftFs {
             }
             Err(e) => failed("lookup", reply).error(e),
         }
+        drop(fence);
     }
 
     /// The kernel dropped its cached entries: so does the inode table.
@@ -124,6 +136,7 @@ impl Filesystem for RaftFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
         crate::metrics::events().fuse_op("getattr");
+        let _fence = self.shared.replying();
         match self.shared.path(ino).and_then(|p| self.shared.stat(ino, &p)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             // Unlinked while open: `fstat` answers from the handle.
@@ -177,6 +190,7 @@ impl Filesystem for RaftFs {
                 shared.set_times(&path, open_writer.as_ref(), atime, mtime).await
             }
             .await;
+            let _fence = shared.replying();
             match result
                 .map_err(|e| errno(&e))
                 .and_then(|()| shared.stat(ino, &path))
@@ -217,10 +231,9 @@ impl Filesystem for RaftFs {
             Err(e) => return failed("mkdir", reply).error(e),
         };
         self.later(async move {
-            match shared
-                .node
-                .mkdir(&path)
-                .await
+            let made = shared.node.mkdir(&path).await;
+            let _fence = shared.replying();
+            match made
                 .map_err(|e| errno(&e))
                 .and_then(|()| shared.lookup_attr(&path))
             {
@@ -292,7 +305,12 @@ impl Filesystem for RaftFs {
             }
             match shared.node.rename(&from, &to).await {
                 Ok(()) => {
-                    shared.inodes.lock().expect("inode lock").rename(&from, &to);
+                    // Unless the invalidation thread has followed it already.
+                    shared
+                        .inodes
+                        .lock()
+                        .expect("inode lock")
+                        .follow_rename(&from, &to);
                     reply.ok()
                 }
                 Err(e) => failed("rename", reply).error(errno(&e)),
@@ -314,6 +332,8 @@ impl Filesystem for RaftFs {
                 if !shared.stale_reads {
                     shared.node.read_barrier().await?;
                 }
+                // The kernel's cached size and pages must be as new as what this opens.
+                shared.settled().await;
                 if writing {
                     return shared.open_writer(ino, &path, truncate);
                 }
@@ -349,6 +369,7 @@ impl Filesystem for RaftFs {
     ) {
         crate::metrics::events().fuse_op("create");
         let shared = &self.shared;
+        let _fence = shared.replying();
         let created = shared.child(parent, name).and_then(|path| {
             let ino = shared.inodes.lock().expect("inode lock").ino(&path);
             let opened = shared
@@ -357,7 +378,7 @@ impl Filesystem for RaftFs {
                 .and_then(|fh| Ok((fh, shared.stat(ino, &path)?)));
             let mut table = shared.inodes.lock().expect("inode lock");
             match &opened {
-                Ok(_) => table.looked_up(ino),
+                Ok(_) => table.looked_up(ino, false),
                 Err(_) => table.unused(&path),
             }
             opened
@@ -648,6 +669,8 @@ impl RaftFs {
             if release {
                 shared.handles.remove(fh);
             }
+            // A `stat` after `close` shows the committed attributes, not ones cached before.
+            shared.settled().await;
             match result {
                 Ok(()) => reply.ok(),
                 Err(e) => {

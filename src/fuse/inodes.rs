@@ -33,6 +33,9 @@ struct Entry {
     path: String,
     /// Lookups the kernel has not forgotten.
     lookups: u64,
+    /// The kind the kernel was last told: a name that becomes the other kind must be dropped
+    /// from its cache, not merely refreshed (an inode cannot change type).
+    dir: bool,
 }
 
 /// Provisional numbers (names listed, never looked up) have the top bit set; assigned ones
@@ -51,6 +54,7 @@ impl Default for Inodes {
             Entry {
                 path: String::new(),
                 lookups: 1,
+                dir: true,
             },
         );
         t.by_path.insert(String::new(), ROOT);
@@ -79,17 +83,29 @@ impl Inodes {
         let entry = Entry {
             path: path.to_string(),
             lookups: 0,
+            dir: false,
         };
         self.by_ino.insert(ino, entry);
         self.by_path.insert(path.to_string(), ino);
         ino
     }
 
-    /// Counts one lookup of `ino`: the kernel was just given an entry for it.
-    pub(crate) fn looked_up(&mut self, ino: u64) {
+    /// Counts one lookup of `ino`: the kernel was just given an entry for it, of this kind.
+    pub(crate) fn looked_up(&mut self, ino: u64, dir: bool) {
         if let Some(e) = self.by_ino.get_mut(&ino) {
             e.lookups += 1;
+            e.dir = dir;
         }
+    }
+
+    /// Whether the kernel was told `ino` is a directory.
+    pub(crate) fn is_dir(&self, ino: u64) -> Option<bool> {
+        self.by_ino.get(&ino).map(|e| e.dir)
+    }
+
+    /// Every path the table holds, but the root's.
+    pub(crate) fn paths(&self) -> Vec<String> {
+        self.by_path.keys().filter(|p| !p.is_empty()).cloned().collect()
     }
 
     /// Drops `path`'s entry if the kernel holds no lookup of it (a lookup that found nothing).
@@ -137,11 +153,6 @@ impl Inodes {
         self.by_ino.len()
     }
 
-    /// Every assigned inode number.
-    pub(crate) fn all(&self) -> Vec<u64> {
-        self.by_ino.keys().copied().collect()
-    }
-
     /// Drops a removed name: its number no longer resolves to a path (an open handle of it
     /// answers from the handle, and its writes are not committed), and the name, if created
     /// again, gets a new number — a new file, as POSIX has it.
@@ -149,6 +160,17 @@ impl Inodes {
         if let Some(ino) = self.by_path.remove(path) {
             self.by_ino.remove(&ino);
         }
+    }
+
+    /// Follows a rename applied to the tree (made through this mount or elsewhere): if the
+    /// table still has `from`, its number (and those below it) move to `to`, so open files
+    /// commit under their new names. Returns whether anything moved.
+    pub(crate) fn follow_rename(&mut self, from: &str, to: &str) -> bool {
+        if from == to || !self.by_path.contains_key(from) {
+            return false;
+        }
+        self.rename(from, to);
+        true
     }
 
     /// Records a rename of `from` (and everything below it) to `to`.
@@ -210,8 +232,8 @@ mod tests {
     fn entries_live_while_the_kernel_holds_them() {
         let mut t = Inodes::default();
         let f = t.ino("f");
-        t.looked_up(f);
-        t.looked_up(f);
+        t.looked_up(f, false);
+        t.looked_up(f, false);
         assert_ne!(t.listed("g"), t.listed("h"));
         assert!(t.listed("g") >= PROVISIONAL && t.listed("f") == f);
         assert_eq!(t.len(), 2, "listing records nothing");

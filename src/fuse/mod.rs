@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, MountOption, Notifier};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -37,9 +37,10 @@ impl Mount {
     pub(crate) fn start(node: Arc<Node>, path: &Path, stale_reads: bool, allow_other: bool) -> Result<Mount> {
         prepare(path)?;
         let buffers = node.config().data_dir.join("fuse");
-        let changes = node.store().subscribe();
+        let (changes, sent) = node.store().changes().subscribe();
         let fs = fs::RaftFs::new(node, tokio::runtime::Handle::current(), buffers, stale_reads)?;
         let shared = fs.shared();
+        shared.handled.send_replace(sent);
         let mut options = vec![
             MountOption::FSName("raftd".into()),
             MountOption::Subtype("raftd".into()),
@@ -123,30 +124,113 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
         .any(|m| Path::new(&m.replace("\\040", " ")) == abs)
 }
 
-/// Drops the kernel's cached pages and attributes of whatever each applied change touched.
+/// Most notices handled per pass (one fence, then their invalidations).
+const BATCH: usize = 256;
+
+/// Keeps the kernel's cache exact: for each applied change, drops the attributes and pages
+/// of the name and of its directory, and the entry of a name that is gone or changed kind.
+/// An entry that still names a directory is kept: invalidating it would detach the
+/// directory from any process whose working directory it is (`getcwd` then fails).
 fn invalidate(
     mut changes: tokio::sync::broadcast::Receiver<Change>,
     notifier: Notifier,
     shared: Arc<shared::Shared>,
 ) {
     loop {
-        let paths = match changes.blocking_recv() {
-            Ok(Change::Path(p)) => vec![p],
-            Ok(Change::Reset) | Err(RecvError::Lagged(_)) => {
-                for ino in shared.all_known() {
-                    let _ = notifier.inval_inode(ino, 0, 0);
+        let mut paths = Vec::new();
+        let mut moved = Vec::new();
+        let mut everything = false;
+        let mut count = 0u64;
+        let mut next = changes.blocking_recv();
+        loop {
+            match next {
+                Ok(Change::Path(p)) => {
+                    count += 1;
+                    paths.push(p);
                 }
-                continue;
+                Ok(Change::Renamed { from, to }) => {
+                    count += 1;
+                    let mut table = shared.inodes.lock().expect("inode lock");
+                    let replaced = table.get(&to).is_some();
+                    // Made elsewhere (a rename through this mount has moved the numbers
+                    // already): the kernel's entries of the old name, and of the new one if
+                    // it named something else, are stale.
+                    if table.follow_rename(&from, &to) {
+                        moved.push(from.clone());
+                        if replaced {
+                            moved.push(to.clone());
+                        }
+                    }
+                    drop(table);
+                    paths.push(from);
+                    paths.push(to);
+                }
+                Ok(Change::Reset) => {
+                    count += 1;
+                    everything = true;
+                }
+                Err(RecvError::Lagged(n)) => {
+                    count += n;
+                    everything = true;
+                }
+                Err(RecvError::Closed) => return,
             }
-            Err(RecvError::Closed) => return,
-        };
-        // Names need no invalidation: entries are never cached (TTL 0), so the kernel asks
-        // again on every lookup. Invalidating an entry would even detach a directory that is
-        // some process's working directory (getcwd then fails with ENOENT).
-        for path in paths {
-            if let Some(ino) = shared.known(&path) {
-                let _ = notifier.inval_inode(ino, 0, 0);
+            if paths.len() >= BATCH {
+                break;
+            }
+            next = match changes.try_recv() {
+                Ok(c) => Ok(c),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return,
+            };
+        }
+        if everything {
+            paths = shared.inodes.lock().expect("inode lock").paths();
+        }
+        // Replies that read the state before these changes were applied are sent by now.
+        drop(shared.fence.write().expect("fence lock"));
+        for name in &moved {
+            let (parent, name) = crate::names::split(name);
+            if let Some(parent) = shared.known(parent) {
+                let _ = notifier.inval_entry(parent, std::ffi::OsStr::new(name));
             }
         }
+        let mut dirs = std::collections::BTreeSet::new();
+        for path in &paths {
+            forget_stale(&notifier, &shared, path);
+            dirs.insert(crate::names::split(path).0.to_string());
+        }
+        for dir in dirs {
+            if let Some(ino) = shared.known(&dir) {
+                // Attributes only (a negative offset): a directory has no cached pages.
+                let _ = notifier.inval_inode(ino, -1, 0);
+            }
+        }
+        if everything {
+            let _ = notifier.inval_inode(inodes::ROOT, -1, 0);
+        }
+        shared.handled.send_modify(|n| *n += count);
+    }
+}
+
+/// Drops what the kernel caches of one changed name.
+fn forget_stale(notifier: &Notifier, shared: &shared::Shared, path: &str) {
+    let Some(ino) = shared.known(path) else { return };
+    let now = shared.node.store().stat(path).ok().map(|s| s.is_dir);
+    let told = shared.inodes.lock().expect("inode lock").is_dir(ino);
+    let _ = notifier.inval_inode(ino, 0, 0);
+    if now.is_some() && now == told {
+        return;
+    }
+    // Gone, or now of another kind: the name must be looked up afresh, and under a new
+    // number (an inode cannot change kind; a name created again is a new file).
+    let (parent, name) = crate::names::split(path);
+    if let Some(parent_ino) = shared.known(parent) {
+        let _ = notifier.inval_entry(parent_ino, std::ffi::OsStr::new(name));
+    }
+    let mut table = shared.inodes.lock().expect("inode lock");
+    if table.get(path) == Some(ino) {
+        table.forget_path(path);
     }
 }

@@ -3,11 +3,12 @@
 //! attributes, a write buffer or a commit.
 
 use std::ffi::OsStr;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, TimeOrNow};
-use tracing::debug;
+use tokio::sync::watch;
+use tracing::{debug, warn};
 
 use super::errno::errno;
 use super::handles::{self, locked, Change, Handle, Handles};
@@ -26,9 +27,42 @@ pub(crate) struct Shared {
     pub(super) stale_reads: bool,
     pub(super) uid: u32,
     pub(super) gid: u32,
+    /// Held (shared) from reading what an entry or attribute reply says until it is sent;
+    /// the invalidation thread takes it (exclusively, then lets go) before it drops what a
+    /// batch of changes touched. So a reply that read the state before a change was applied
+    /// reaches the kernel before that change's invalidation, never after it: the kernel
+    /// cannot keep a stale answer for the length of its cache timeout.
+    pub(super) fence: RwLock<()>,
+    /// How many change notices the invalidation thread has handled (counted as the feed
+    /// counts what it sent).
+    pub(super) handled: watch::Sender<u64>,
 }
 
+/// How long a reply waits for the invalidation thread before going ahead anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
 impl Shared {
+    /// Holds off the invalidation thread while a reply is read and sent (see `fence`).
+    pub(super) fn replying(&self) -> RwLockReadGuard<'_, ()> {
+        self.fence.read().expect("fence lock")
+    }
+
+    /// Waits until the kernel has been told to drop whatever every change applied so far
+    /// touched: after a read barrier, the kernel's cache is then as new as the local state.
+    /// Never called while the kernel holds a directory lock for the request (lookup,
+    /// create, mkdir, unlink, rmdir, rename): an entry invalidation takes that lock.
+    pub(super) async fn settled(&self) {
+        let target = self.node.store().changes().sent();
+        let mut handled = self.handled.subscribe();
+        let caught_up = handled.wait_for(|&n| n >= target);
+        if tokio::time::timeout(SETTLE_LIMIT, caught_up).await.is_err() {
+            warn!(
+                target,
+                "the kernel cache invalidation is behind; answering anyway"
+            );
+        }
+    }
+
     /// The path of an inode, or ENOENT.
     pub(crate) fn path(&self, ino: u64) -> std::result::Result<String, libc::c_int> {
         self.inodes
@@ -42,11 +76,6 @@ impl Shared {
     /// Known inode of a path, for invalidation.
     pub(crate) fn known(&self, path: &str) -> Option<u64> {
         self.inodes.lock().expect("inode lock").get(path)
-    }
-
-    /// Every known inode, for a full invalidation.
-    pub(crate) fn all_known(&self) -> Vec<u64> {
-        self.inodes.lock().expect("inode lock").all()
     }
 
     pub(super) fn child(&self, parent: u64, name: &OsStr) -> std::result::Result<String, libc::c_int> {
@@ -173,7 +202,7 @@ impl Shared {
         let ino = table.ino(path);
         let attr = self.stat(ino, path);
         match &attr {
-            Ok(_) => table.looked_up(ino),
+            Ok(a) => table.looked_up(ino, a.kind == fuser::FileType::Directory),
             Err(_) => table.unused(path),
         }
         crate::metrics::events().fuse_inodes.set(table.len() as i64);
@@ -219,39 +248,37 @@ impl Shared {
             .take_pending()
             .map_err(|e| Error::io("clone write buffer", e))?;
         let Some(pending) = pending else { return Ok(()) };
-        let how = How {
+        let mut how = How {
             mtime: pending.mtime.unwrap_or(0),
             req: Some(pending.req),
             existing: pending.existing,
         };
         // Unlinked through this mount while open: like a local file, its data goes with it.
-        let written = match self.path(pending.ino) {
-            Ok(path) => {
-                debug!(path, change = ?pending.change, "commit");
-                match pending.change {
-                    Change::Whole => {
-                        // A hole punched at the end leaves the buffer short of the length.
-                        let whole = &pending.contents;
-                        let short = whole.metadata().map(|m| m.len() < pending.size);
-                        if short.map_err(|e| Error::io("stat write buffer", e))? {
-                            whole
-                                .set_len(pending.size)
-                                .map_err(|e| Error::io("extend write buffer", e))?;
-                        }
-                        self.node.write_file_from(&path, whole, how).await
+        let Ok(mut path) = self.path(pending.ino) else {
+            locked(handle).committed(pending.version);
+            return Ok(());
+        };
+        let mut written = self.propose(&path, &pending, how).await;
+        if let Err(Error::File(FileError::NotFound(_))) = &written {
+            if pending.existing {
+                // Renamed elsewhere, the rename not yet followed here? Catch up; if the file
+                // has a new name, commit under it (as a new request: the failed one is
+                // remembered with its answer).
+                self.node.read_barrier().await?;
+                self.settled().await;
+                match self.path(pending.ino) {
+                    Ok(moved) if moved != path => {
+                        path = moved;
+                        how.req = Some(rand::random());
+                        written = self.propose(&path, &pending, how).await;
                     }
-                    Change::Patch { layout, spans } => {
-                        self.node
-                            .patch_file_from(&path, layout, spans, &pending.contents, how)
-                            .await
-                    }
+                    _ => {}
                 }
             }
-            Err(_) => Ok(()),
-        };
+        }
         match written {
             Ok(()) => {}
-            // Deleted or renamed away on another node while open here: not re-created.
+            // Deleted on another node while open here: not re-created.
             Err(Error::File(FileError::NotFound(why))) if pending.existing => {
                 debug!(why, "contents of a file removed while open dropped");
             }
@@ -259,6 +286,31 @@ impl Shared {
         }
         locked(handle).committed(pending.version);
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Proposes pending contents as `path`.
+    async fn propose(&self, path: &str, pending: &handles::Pending, how: How) -> Result<()> {
+        debug!(path, change = ?pending.change, "commit");
+        match &pending.change {
+            Change::Whole => {
+                // A hole punched at the end leaves the buffer short of the length.
+                let whole = &pending.contents;
+                let short = whole.metadata().map(|m| m.len() < pending.size);
+                if short.map_err(|e| Error::io("stat write buffer", e))? {
+                    whole
+                        .set_len(pending.size)
+                        .map_err(|e| Error::io("extend write buffer", e))?;
+                }
+                self.node.write_file_from(path, whole, how).await
+            }
+            Change::Patch { layout, spans } => {
+                self.node
+                    .patch_file_from(path, layout.clone(), spans.clone(), &pending.contents, how)
+                    .await
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub(crate) mod state_machine;
 
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::broadcast;
@@ -32,8 +33,61 @@ pub const CHANGE_FEED_CAPACITY: usize = 4096;
 pub enum Change {
     /// This name (file or directory) may have changed.
     Path(String),
+    /// `from` (and everything below it) is now `to`; what `to` named before is gone.
+    Renamed {
+        /// The old name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
     /// Anything may have changed (a snapshot was installed).
     Reset,
+}
+
+/// The feed of applied changes. It counts what it sent, so a subscriber that counts what it
+/// handled can tell a waiter when every change applied so far has been handled (the FUSE
+/// mount answers `open` only once the kernel's cache has dropped what changed before it).
+#[derive(Clone)]
+pub struct ChangeFeed {
+    inner: Arc<Feed>,
+}
+
+struct Feed {
+    tx: broadcast::Sender<Change>,
+    /// Notices sent. std lock: held for one increment and one send, so a subscriber starts
+    /// from an exact count.
+    sent: Mutex<u64>,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        ChangeFeed {
+            inner: Arc::new(Feed {
+                tx: broadcast::channel(CHANGE_FEED_CAPACITY).0,
+                sent: Mutex::new(0),
+            }),
+        }
+    }
+}
+
+impl ChangeFeed {
+    /// Publishes a notice (to nobody, if nobody subscribed).
+    pub(crate) fn send(&self, change: Change) {
+        let mut sent = self.inner.sent.lock().expect("feed lock");
+        *sent += 1;
+        let _ = self.inner.tx.send(change);
+    }
+
+    /// A receiver of every notice from now on, and how many were sent before it.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Change>, u64) {
+        let sent = self.inner.sent.lock().expect("feed lock");
+        (self.inner.tx.subscribe(), *sent)
+    }
+
+    /// How many notices were sent so far.
+    pub fn sent(&self) -> u64 {
+        *self.inner.sent.lock().expect("feed lock")
+    }
 }
 
 /// What `stat` reports.
@@ -60,7 +114,7 @@ pub struct Stat {
 #[derive(Clone)]
 pub struct FileStore {
     tree: Tree,
-    changes: broadcast::Sender<Change>,
+    changes: ChangeFeed,
 }
 
 fn not_found(name: &str) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -73,7 +127,7 @@ fn not_found(name: &str) -> impl FnOnce(io::Error) -> Error + '_ {
 
 impl FileStore {
     /// The read side of the state machine's tree; `StateMachine::open` makes it.
-    pub(crate) fn new(tree: Tree, changes: broadcast::Sender<Change>) -> Self {
+    pub(crate) fn new(tree: Tree, changes: ChangeFeed) -> Self {
         FileStore { tree, changes }
     }
 
@@ -82,9 +136,9 @@ impl FileStore {
         &self.tree.root
     }
 
-    /// Subscribes to applied changes.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    /// The feed of applied changes.
+    pub fn changes(&self) -> &ChangeFeed {
+        &self.changes
     }
 
     /// A file's contents (`name` must be validated). Resolved beneath `files/`: a symlink

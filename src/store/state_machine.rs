@@ -21,13 +21,12 @@ use std::time::Instant;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use tracing::{debug, info};
 
 use super::dedup::Dedup;
 use super::files::Tree;
 use super::snapshot;
-use super::{Change, FileStore, CHANGE_FEED_CAPACITY};
+use super::{Change, ChangeFeed, FileStore};
 use crate::error::CommandResult;
 use crate::raft::command::{Command, Commit};
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -123,7 +122,7 @@ struct Shared {
     sm_dir: PathBuf,
     /// std lock: held across blocking file work only, never across an await.
     state: Mutex<State>,
-    changes: broadcast::Sender<Change>,
+    changes: ChangeFeed,
     /// Set while a snapshot from the leader replaces the tree (readiness reports it).
     installing: AtomicBool,
 }
@@ -147,7 +146,7 @@ impl StateMachine {
     /// the read side of its tree that the front ends use.
     pub fn open(data_dir: &Path) -> std::io::Result<(Self, FileStore)> {
         let tree = Tree::open(data_dir)?;
-        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let changes = ChangeFeed::default();
         let store = FileStore::new(tree.clone(), changes.clone());
         let snapshots = data_dir.join("snapshots");
         let current = snapshots::newest_snapshot(&snapshots)?;
@@ -336,8 +335,17 @@ impl Shared {
         if let Some(id) = cmd.req() {
             state.dedup.insert(id, result.clone());
         }
-        for path in cmd.names() {
-            let _ = self.changes.send(Change::Path(path.to_string()));
+        match cmd {
+            // A mount follows a rename (its open files commit under the new name).
+            Command::Rename(r) if result.is_ok() => self.changes.send(Change::Renamed {
+                from: r.from.clone(),
+                to: r.to.clone(),
+            }),
+            _ => {
+                for path in cmd.names() {
+                    self.changes.send(Change::Path(path.to_string()));
+                }
+            }
         }
         Ok(result)
     }

@@ -155,7 +155,7 @@ impl Shared {
         }
         fs::remove_dir_all(&trash)?;
         fs::remove_dir_all(&restore)?;
-        let _ = self.changes.send(Change::Reset);
+        self.changes.send(Change::Reset);
         Ok(())
     }
 
