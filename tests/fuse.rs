@@ -1388,12 +1388,22 @@ fn the_inode_table_shrinks_when_the_kernel_forgets() {
     };
     assert_eq!(ok(&format!("ls -l {m}/many | grep -c '^-'")).trim(), "300");
     assert!(gauge() >= 300, "every listed file was looked up: {}", gauge());
+    use std::os::unix::fs::MetadataExt;
+    let number = std::fs::metadata(mounts[0].join("many/f17")).unwrap().ino();
     wait_for(Duration::from_secs(20), "the kernel to forget the names", || {
         std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
         (gauge() < 50).then_some(())
     });
-    // Forgotten names still work, under numbers of their own.
+    // Forgotten names still work, under the numbers they had (so `git` and `find`, which
+    // remember them, see the same files).
     assert_eq!(ok(&format!("cat {m}/many/f17")), "17\n");
+    let again = std::fs::metadata(mounts[0].join("many/f17")).unwrap().ino();
+    assert_eq!(again, number, "a name looked up again got another number");
+    let listed = ok(&format!("ls -i {m}/many/ | grep -w f17"));
+    assert_eq!(
+        listed.split_whitespace().next(),
+        Some(number.to_string().as_str())
+    );
     assert_eq!(ok(&format!("ls {m}/many | wc -l")).trim(), "300");
 }
 

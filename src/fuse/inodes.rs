@@ -1,9 +1,12 @@
 //! Inode numbers for paths, and the attributes FUSE reports.
 //!
-//! The replicated tree is addressed by path; the kernel wants stable inode numbers. Each path
-//! gets a number the first time the kernel looks it up, and keeps it until a rename moves it
-//! (the number follows the file, as POSIX expects of an open file). Numbers are never reused,
-//! so a stale one simply no longer resolves.
+//! The replicated tree is addressed by path; the kernel wants stable inode numbers. A path's
+//! number is derived from the path itself, so a name the kernel forgot and looks up again —
+//! or that a listing shows — has the number it had (tools that remember numbers, like
+//! `git`'s index, `find` and `tar`, see the same file). A rename moves the number with the
+//! file while the kernel holds it (as POSIX expects of an open file). A removed name's number
+//! stays out of use while the kernel still holds it (an open descriptor), so a file created
+//! again under that name is a different file.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -25,7 +28,6 @@ pub(crate) const ROOT: u64 = 1;
 pub(crate) struct Inodes {
     by_ino: HashMap<u64, Entry>,
     by_path: HashMap<String, u64>,
-    next: u64,
 }
 
 #[derive(Debug)]
@@ -33,27 +35,37 @@ struct Entry {
     path: String,
     /// Lookups the kernel has not forgotten.
     lookups: u64,
+    /// Its name was removed while the kernel still held it: it resolves to nothing.
+    removed: bool,
     /// The kind the kernel was last told: a name that becomes the other kind must be dropped
     /// from its cache, not merely refreshed (an inode cannot change type).
     dir: bool,
 }
 
-/// Provisional numbers (names listed, never looked up) have the top bit set; assigned ones
-/// count up from 2 and never reach it.
-const PROVISIONAL: u64 = 1 << 63;
+/// Inode numbers are 63-bit (some tools keep them in signed integers).
+const NUMBERS: u64 = u64::MAX >> 1;
+
+/// The number a path is given unless it is taken: a fixed hash of the path.
+fn number_for(path: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same number in every run.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    (h.finish() & NUMBERS).max(ROOT + 1)
+}
 
 impl Default for Inodes {
     fn default() -> Self {
         let mut t = Inodes {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
-            next: ROOT + 1,
         };
         t.by_ino.insert(
             ROOT,
             Entry {
                 path: String::new(),
                 lookups: 1,
+                removed: false,
                 dir: true,
             },
         );
@@ -65,7 +77,10 @@ impl Default for Inodes {
 impl Inodes {
     /// The path of an inode.
     pub(crate) fn path(&self, ino: u64) -> Option<&str> {
-        self.by_ino.get(&ino).map(|e| e.path.as_str())
+        self.by_ino
+            .get(&ino)
+            .filter(|e| !e.removed)
+            .map(|e| e.path.as_str())
     }
 
     /// The inode of a path, if it has been looked up.
@@ -78,11 +93,14 @@ impl Inodes {
         if let Some(&ino) = self.by_path.get(path) {
             return ino;
         }
-        let ino = self.next;
-        self.next += 1;
+        let mut ino = number_for(path);
+        while self.by_ino.contains_key(&ino) {
+            ino = ((ino + 1) & NUMBERS).max(ROOT + 1);
+        }
         let entry = Entry {
             path: path.to_string(),
             lookups: 0,
+            removed: false,
             dir: false,
         };
         self.by_ino.insert(ino, entry);
@@ -137,15 +155,12 @@ impl Inodes {
     }
 
     /// The number to list `path` under in a directory listing: its own if it has one, else
-    /// a provisional one derived from the path (recording nothing).
+    /// the one a lookup would give it (recording nothing).
     pub(crate) fn listed(&self, path: &str) -> u64 {
-        if let Some(&ino) = self.by_path.get(path) {
-            return ino;
-        }
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        path.hash(&mut h);
-        h.finish() | PROVISIONAL
+        self.by_path
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| number_for(path))
     }
 
     /// How many entries the table holds.
@@ -155,10 +170,21 @@ impl Inodes {
 
     /// Drops a removed name: its number no longer resolves to a path (an open handle of it
     /// answers from the handle, and its writes are not committed), and the name, if created
-    /// again, gets a new number — a new file, as POSIX has it.
+    /// again, gets another number while the kernel still holds this one — a new file, as
+    /// POSIX has it.
     pub(crate) fn forget_path(&mut self, path: &str) {
         if let Some(ino) = self.by_path.remove(path) {
-            self.by_ino.remove(&ino);
+            self.release(ino);
+        }
+    }
+
+    /// A number whose name is gone: kept (resolving to nothing) until the kernel forgets it.
+    fn release(&mut self, ino: u64) {
+        match self.by_ino.get_mut(&ino) {
+            Some(e) if e.lookups > 0 => e.removed = true,
+            _ => {
+                self.by_ino.remove(&ino);
+            }
         }
     }
 
@@ -184,7 +210,7 @@ impl Inodes {
             .collect();
         // Whatever `to` named before is replaced.
         if let Some(old) = self.by_path.remove(to) {
-            self.by_ino.remove(&old);
+            self.release(old);
         }
         for (path, ino) in moved {
             self.by_path.remove(&path);
@@ -235,7 +261,7 @@ mod tests {
         t.looked_up(f, false);
         t.looked_up(f, false);
         assert_ne!(t.listed("g"), t.listed("h"));
-        assert!(t.listed("g") >= PROVISIONAL && t.listed("f") == f);
+        assert_eq!(t.listed("f"), f);
         assert_eq!(t.len(), 2, "listing records nothing");
         t.forget(f, 1);
         assert_eq!(t.path(f), Some("f"));
@@ -246,7 +272,34 @@ mod tests {
         assert_eq!(t.path(missing), None, "a lookup that found nothing keeps nothing");
         t.forget(ROOT, 10);
         assert_eq!(t.path(ROOT), Some(""));
-        assert_ne!(t.ino("f"), f, "numbers are never reused");
+        assert_eq!(t.ino("f"), f, "a forgotten name comes back under its number");
+        assert_eq!(Inodes::default().ino("f"), f, "in every run");
+        assert_eq!(
+            t.listed("g"),
+            t.ino("g"),
+            "a listing shows the number a lookup gives"
+        );
+    }
+
+    #[test]
+    fn a_removed_name_held_by_the_kernel_keeps_its_number_to_itself() {
+        let mut t = Inodes::default();
+        let f = t.ino("f");
+        t.looked_up(f, false);
+        t.forget_path("f");
+        assert_eq!(t.path(f), None, "removed: resolves to nothing");
+        let again = t.ino("f");
+        assert_ne!(again, f, "created again while the old one is held: a new file");
+        t.forget(f, 1);
+        assert_eq!(t.len(), 2, "the old number goes once the kernel forgets it");
+        let (a, b) = (t.ino("a"), t.ino("b"));
+        t.looked_up(b, false);
+        t.rename("a", "b");
+        assert_eq!(
+            (t.get("b"), t.path(b)),
+            (Some(a), None),
+            "the replaced one resolves to nothing"
+        );
     }
 
     #[test]
