@@ -146,6 +146,13 @@ impl Config {
         self.election_timeout * 2
     }
 
+    /// How long after a majority acknowledged it a leader answers read indexes from its
+    /// lease instead of a round of heartbeats: a quarter of the leader lease, the rest a
+    /// margin for clocks that run at different rates and for scheduling delays.
+    pub fn read_lease(&self) -> Duration {
+        self.leader_lease() / 4
+    }
+
     /// The longest a leader may go without hearing from a majority before it stops serving
     /// writes and linearizable reads (openraft 0.9 has no check-quorum of its own).
     pub fn quorum_lease(&self) -> Duration {

@@ -99,6 +99,8 @@ pub struct Events {
     pub snapshot_install_bytes: Histogram,
     /// Times this node saw the leader change (including to "none").
     pub leader_changes: Counter,
+    /// Read indexes this node answered as leader from its lease, without heartbeats.
+    pub lease_reads: Counter,
     /// Backups streamed by `GET /backup`.
     pub backups: Counter,
     /// Names the FUSE mount's inode table holds (what the kernel has not forgotten).
@@ -123,6 +125,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     snapshot_install_seconds: seconds(),
     snapshot_install_bytes: bytes(),
     leader_changes: Counter::default(),
+    lease_reads: Counter::default(),
     backups: Counter::default(),
     fuse_inodes: Default::default(),
 });
@@ -226,6 +229,11 @@ impl Events {
             "leader_changes",
             "Times this node saw the leader change",
             self.leader_changes.clone(),
+        );
+        p.register(
+            "lease_reads",
+            "Read indexes answered by the leader from its lease, without a round of heartbeats",
+            self.lease_reads.clone(),
         );
         p.register("backups", "Backups streamed by GET /backup", self.backups.clone());
         p.register(

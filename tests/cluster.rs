@@ -756,3 +756,61 @@ fn concurrent_writes_share_entries_and_keep_their_own_outcomes() {
         "the batch sizes are measured"
     );
 }
+
+/// A counter's value in node `i`'s `/metrics`.
+fn counter(c: &Cluster, i: usize, name: &str) -> u64 {
+    let (_, body) = c.nodes[i].get("/metrics");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} missing")) as u64
+}
+
+#[test]
+fn the_leader_reads_under_its_lease_only_while_a_majority_acknowledges_it() {
+    // A long election timeout: the quorum guard (twice the maximum) would refuse only after
+    // 8 s, so a refusal before that comes from the read path, the lease having run out.
+    let mut c = Cluster::start(3, &["--election-timeout-ms", "2000", "--heartbeat-ms", "200"]);
+    let leader = c.wait_leader();
+    let followers = c.followers(leader);
+    let lease_reads = |c: &Cluster| counter(c, leader, "raftd_lease_reads_total");
+    let before = lease_reads(&c);
+    for i in 0..20 {
+        let v = format!("v{i}");
+        assert_eq!(c.nodes[leader].post("/files/k", v.as_bytes()).0, 200);
+        assert_eq!(c.nodes[leader].get("/files/k"), (200, v.into_bytes()));
+    }
+    // Each read comes right after a commit: a majority acknowledged the leader moments ago.
+    let used = lease_reads(&c) - before;
+    assert!(used >= 10, "only {used} of 20 reads were answered from the lease");
+
+    // With no majority answering, the lease runs out: reads are refused, not served from it.
+    for &f in &followers {
+        c.nodes[f].signal(libc::SIGSTOP);
+    }
+    let frozen = Instant::now();
+    let refusal = wait_for(Duration::from_secs(20), "reads to be refused", || {
+        let (code, body) = c.nodes[leader].get("/files/k");
+        (code == 503).then(|| String::from_utf8_lossy(&body).to_string())
+    });
+    println!("refused {:?} after the freeze: {refusal}", frozen.elapsed());
+    assert!(
+        !refusal.contains("has not heard from a majority"),
+        "reads went on under the lease until the quorum guard stopped them: {refusal}"
+    );
+    let after = lease_reads(&c);
+    assert_eq!(c.nodes[leader].get("/files/k").0, 503);
+    assert_eq!(
+        lease_reads(&c),
+        after,
+        "a read was answered from an expired lease"
+    );
+    for &f in &followers {
+        c.nodes[f].signal(libc::SIGCONT);
+    }
+    wait_for(Duration::from_secs(20), "reads after the partition heals", || {
+        let leader = c.wait_leader();
+        (c.nodes[leader].get("/files/k") == (200, b"v19".to_vec())).then_some(())
+    });
+}

@@ -93,6 +93,12 @@ pub(crate) async fn vote(
     if let Err(why) = check_vote(&req, &membership) {
         return refuse(StatusCode::FORBIDDEN, why);
     }
+    if !node.voting_allowed() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "just started: not voting for one leader lease (a leader this node acknowledged before it stopped may still hold one)",
+        );
+    }
     debug!(vote = %req.vote, "recv vote request");
     Json(node.raft().vote(req).await).into_response()
 }

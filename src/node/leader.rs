@@ -65,30 +65,53 @@ impl Node {
                 "not committed within {timeout:?} (no quorum?); the write may still be applied later"
             ))
         };
-        if super::batch::Batcher::takes(&cmd) {
+        let (term, sent) = (self.raft.metrics().borrow().current_term, Instant::now());
+        let applied = if super::batch::Batcher::takes(&cmd) {
             let batcher = self
                 .batcher
                 .get_or_init(|| super::batch::Batcher::start(self.raft.clone()));
-            return tokio::time::timeout(timeout, batcher.propose(cmd))
+            tokio::time::timeout(timeout, batcher.propose(cmd))
                 .await
-                .unwrap_or_else(|_| Err(late()));
+                .unwrap_or_else(|_| Err(late()))
+        } else {
+            match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
+                Ok(Ok(resp)) => Ok(Applied {
+                    index: resp.log_id.index,
+                    result: resp.data.into_iter().next().unwrap_or(Ok(())),
+                }),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+                Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
+                Err(_) => Err(late()),
+            }
+        };
+        // Committed: a majority accepted the entry, which was sent after `sent`.
+        if applied.is_ok() {
+            self.lease.renew(term, sent);
         }
-        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok(Applied {
-                index: resp.log_id.index,
-                result: resp.data.into_iter().next().unwrap_or(Ok(())),
-            }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
-            Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),
-            Err(_) => Err(late()),
-        }
+        applied
     }
 
     /// Confirms leadership with a quorum and returns the index a linearizable read must see.
     pub(crate) async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
         self.check_leader()?;
+        let (term, last_log) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_log_index)
+        };
+        // Under the lease no other leader can have committed anything: the last log index
+        // covers every committed entry (see `lease`).
+        if self.lease.holds(term, self.config.read_lease()) {
+            crate::metrics::events().lease_reads.inc();
+            return Ok(last_log.max(self.started_at_log));
+        }
+        let sent = Instant::now();
         match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).max(self.started_at_log)),
+            Ok(Ok((read, _applied))) => {
+                // A majority answered heartbeats sent after `sent`.
+                self.lease.renew(term, sent);
+                Ok(read.map(|l| l.index).max(self.started_at_log))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                 Err(Refusal::Unavailable(format!("no quorum: {e}")))

@@ -17,6 +17,7 @@ mod forward;
 mod health;
 mod inbound;
 mod leader;
+mod lease;
 mod reads;
 mod watch;
 
@@ -174,6 +175,10 @@ pub struct Node {
     batcher: std::sync::OnceLock<batch::Batcher>,
     /// Concurrent linearizable reads share read-index round trips.
     reads: reads::Rounds,
+    /// On a leader: when a majority last acknowledged it (see [`lease`]).
+    lease: lease::Lease,
+    /// When this process started: it votes only a leader lease later (see [`lease`]).
+    started: Instant,
 }
 
 impl Node {
@@ -207,6 +212,8 @@ impl Node {
             started_at_log,
             batcher: std::sync::OnceLock::new(),
             reads: Default::default(),
+            lease: Default::default(),
+            started: Instant::now(),
         }
     }
 
@@ -218,6 +225,13 @@ impl Node {
     /// The state machine's handle (backups).
     pub fn state(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// Whether this node may grant votes yet. Not for one leader lease after it started: it
+    /// may have acknowledged a leader just before it stopped, and that leader may still be
+    /// serving reads under the lease (see [`lease`]); openraft forgets across a restart.
+    pub(crate) fn voting_allowed(&self) -> bool {
+        self.started.elapsed() >= self.config.leader_lease()
     }
 
     /// When this node last heard from a leader (the peer append route records it).
