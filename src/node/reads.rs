@@ -136,7 +136,11 @@ mod tests {
                 tokio::spawn(async move { rounds.read_index(ask).await })
             })
             .collect();
-        tokio::task::yield_now().await;
+        // Each read subscribes and learns which round it needs in its first poll; wait until
+        // all ten have (a read first polled after round 2 began would rightly need round 3).
+        while rounds.finished.receiver_count() < 11 {
+            tokio::task::yield_now().await;
+        }
         gate.add_permits(1);
         assert_eq!(first.await.unwrap(), Ok(Some(100)));
         gate.add_permits(1);
