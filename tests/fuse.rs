@@ -335,6 +335,10 @@ fn close_fails_without_quorum_and_mounts_recover() {
     let mut held = std::fs::File::create(m[a].join("sticky")).unwrap();
     std::io::Write::write_all(&mut held, b"must not be lost").unwrap();
 
+    // The kernel caches the mount root's attributes: the restart below must still see the
+    // mount as stale, not busy.
+    std::fs::metadata(&m[b]).unwrap();
+
     // Quorum lost: the write is refused at close, visibly, in bounded time.
     c.nodes[leader].kill();
     c.nodes[b].kill();
@@ -350,8 +354,14 @@ fn close_fails_without_quorum_and_mounts_recover() {
         started.elapsed()
     );
 
-    // The killed nodes left stale mounts ("Transport endpoint is not connected").
-    let stale = std::fs::metadata(&m[b]).unwrap_err();
+    // The killed nodes left stale mounts ("Transport endpoint is not connected"; `statfs`,
+    // because attributes the kernel cached may still answer `stat`).
+    let stale = {
+        let path = std::ffi::CString::new(m[b].display().to_string()).unwrap();
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_ne!(unsafe { libc::statfs(path.as_ptr(), &mut st) }, 0);
+        std::io::Error::last_os_error()
+    };
     assert_eq!(stale.raw_os_error(), Some(libc::ENOTCONN), "{stale}");
     c.nodes[b].spawn();
     c.nodes[leader].spawn();

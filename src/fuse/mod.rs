@@ -80,6 +80,12 @@ impl Drop for Mount {
 
 /// Makes `path` ready to mount on, or says precisely why it is not.
 fn prepare(path: &Path) -> Result<()> {
+    // A mount whose process died answers from the kernel's cache what it cached (the root's
+    // attributes, for a while), but `statfs` always asks the process: ENOTCONN.
+    if is_mounted(path) && statfs_errno(path) == Some(libc::ENOTCONN) {
+        warn!(path = %path.display(), "detaching a stale mount left by a previous run");
+        detach(path);
+    }
     match std::fs::metadata(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             warn!(path = %path.display(), "detaching a stale mount left by a previous run");
@@ -98,6 +104,17 @@ fn prepare(path: &Path) -> Result<()> {
             path.display()
         ))),
         Ok(_) => Ok(()),
+    }
+}
+
+/// The error `statfs(2)` of `path` fails with, if it fails.
+fn statfs_errno(path: &Path) -> Option<i32> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } == 0 {
+        None
+    } else {
+        std::io::Error::last_os_error().raw_os_error()
     }
 }
 

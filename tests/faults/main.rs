@@ -141,6 +141,16 @@ fn run(s: &Scenario) {
     }
 }
 
+/// Stops the clients when dropped, also when a run panics: they would otherwise go on writing
+/// to the next scenario's cluster, which reuses this one's addresses, and fail it too.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn run_seed(s: &Scenario, seed: u64) {
     println!(
         "fault suite: {} seed {seed} (replay: RAFTD_FAULT_SEEDS={seed} cargo test --test faults {})",
@@ -171,6 +181,7 @@ fn run_seed(s: &Scenario, seed: u64) {
 
     let history = History::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let mut vias: Vec<Via> = (0..HTTP_CLIENTS).map(|_| Via::Http(addrs.clone())).collect();
     if s.fuse {
         vias.extend(cluster.nodes.iter().map(|n| Via::Fuse(n.mount.clone().unwrap())));
