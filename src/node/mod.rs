@@ -62,7 +62,9 @@ pub struct How {
 
 /// Pieces of one large file proposed at once: enough to keep the log busy while each waits
 /// for its commit, few enough to bound the memory held (pieces are `--chunk-size` each).
-const CHUNKS_IN_FLIGHT: usize = 4;
+/// Eight rather than four: a 64 MiB `cp` through a follower's mount took 1.22–1.31 s
+/// instead of 1.63–1.70 s (the follower forwards each piece to the leader).
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// Reads `buf.len()` bytes of `file` at `offset`, zeros past its end (a write buffer may be
 /// cut while a commit reads it; what was cut is sent again by the next commit).
