@@ -371,7 +371,11 @@ impl Filesystem for RaftFs {
         let shared = &self.shared;
         let _fence = shared.replying();
         let created = shared.child(parent, name).and_then(|path| {
-            let ino = shared.inodes.lock().expect("inode lock").ino(&path);
+            let ino = shared
+                .inodes
+                .lock()
+                .expect("inode lock")
+                .ino_avoiding(&path, |n| shared.handles.writer_of(n).is_some());
             let opened = shared
                 .open_writer(ino, &path, true)
                 .map_err(|e| errno(&e))

@@ -89,12 +89,20 @@ impl Inodes {
     }
 
     /// The inode of a path, assigning one if needed (not yet counted as a lookup).
+    #[cfg(test)]
     pub(crate) fn ino(&mut self, path: &str) -> u64 {
+        self.ino_avoiding(path, |_| false)
+    }
+
+    /// The inode of a path, assigning one if needed, but never a number `taken` says is in use
+    /// elsewhere: an open write handle of a removed file whose release the kernel has not
+    /// sent yet (it may send the `forget` first), which a new file must not join.
+    pub(crate) fn ino_avoiding(&mut self, path: &str, taken: impl Fn(u64) -> bool) -> u64 {
         if let Some(&ino) = self.by_path.get(path) {
             return ino;
         }
         let mut ino = number_for(path);
-        while self.by_ino.contains_key(&ino) {
+        while self.by_ino.contains_key(&ino) || taken(ino) {
             ino = ((ino + 1) & NUMBERS).max(ROOT + 1);
         }
         let entry = Entry {
@@ -292,6 +300,9 @@ mod tests {
         assert_ne!(again, f, "created again while the old one is held: a new file");
         t.forget(f, 1);
         assert_eq!(t.len(), 2, "the old number goes once the kernel forgets it");
+        t.forget_path("f");
+        let held = |n| n == f;
+        assert_ne!(t.ino_avoiding("f", held), f, "nor while a handle still holds it");
         let (a, b) = (t.ino("a"), t.ino("b"));
         t.looked_up(b, false);
         t.rename("a", "b");

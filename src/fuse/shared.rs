@@ -199,7 +199,7 @@ impl Shared {
         // One hold of the table from number to count, so a `forget` handled meanwhile (this
         // may run on a task while the request loop handles one) cannot drop the entry between.
         let mut table = self.inodes.lock().expect("inode lock");
-        let ino = table.ino(path);
+        let ino = table.ino_avoiding(path, |n| self.handles.writer_of(n).is_some());
         let attr = self.stat(ino, path);
         match &attr {
             Ok(a) => table.looked_up(ino, a.kind == fuser::FileType::Directory),
