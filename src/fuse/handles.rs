@@ -1,14 +1,15 @@
 //! Open files. A read handle pins the version of the file that was current at `open`; a write
-//! handle records what it changes — the bytes written (in a sparse local file, disk not
-//! memory), the ranges touched since the last commit, the shortest length the file was cut
+//! handle records what it changes — the bytes written (in a sparse buffer: memory for a small
+//! file, a local file past `IN_MEMORY`), the ranges touched since the last commit, the shortest length the file was cut
 //! to — and reads the rest from the committed file. A commit sends only what changed: a
 //! `file:patch`, or a whole `file:write` when the handle rewrote the file from empty.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -30,9 +31,12 @@ pub(crate) enum Handle {
 pub(crate) struct Writer {
     /// The inode being written.
     pub ino: u64,
-    /// Every byte written through this handle, at its offset (a sparse file).
+    /// Every byte written through this handle, at its offset (a sparse file): a memfd until
+    /// a write reaches past `IN_MEMORY`, then a file in `spill_dir`.
     buffer: File,
-    buffer_path: PathBuf,
+    /// The buffer's file once it moved to disk.
+    buffer_path: Option<PathBuf>,
+    spill_dir: Arc<Path>,
     /// The committed file as it was opened: read where nothing was written.
     base: Option<ReadFile>,
     /// Bytes of `base` at or past this read as zeros: the shortest length the file was cut
@@ -74,10 +78,32 @@ impl Writer {
         self.version += 1;
     }
 
+    /// Moves the buffer to disk before it holds bytes at or past `end`, if they would lie
+    /// past `IN_MEMORY`. Holes stay holes in the copy.
+    fn make_room(&mut self, end: u64) -> io::Result<()> {
+        if self.buffer_path.is_some() || end <= IN_MEMORY {
+            return Ok(());
+        }
+        let path = self.spill_dir.join(format!("{:016x}", rand::random::<u64>()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(e) = sparse::copy(&self.buffer, &file, self.buffer.metadata()?.len()) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        self.buffer = file;
+        self.buffer_path = Some(path);
+        Ok(())
+    }
+
     /// Records bytes written at `offset`.
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.buffer.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
+        self.make_room(end)?;
+        self.buffer.write_all_at(data, offset)?;
         self.written.insert(offset, end);
         self.touched.insert(offset, end);
         self.size = self.size.max(end);
@@ -208,8 +234,28 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.buffer_path);
+        if let Some(path) = &self.buffer_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// A write buffer starts in memory and moves to a file once a write reaches past this offset.
+/// Most files written through a mount (what `tar`, `git` or an editor writes) are smaller:
+/// their buffers then never create and delete an inode of the data directory's filesystem.
+/// That churn cost more than the write itself — ext4 skips recently deleted inodes when it
+/// allocates, so each new file searched past all the buffers deleted before it.
+const IN_MEMORY: u64 = 1 << 20;
+
+/// An empty anonymous file in memory (memfd): sparse, with `SEEK_DATA`/`SEEK_HOLE` and hole
+/// punching like a file on disk.
+fn memory_file() -> io::Result<File> {
+    let fd = unsafe { libc::memfd_create(c"raftd-write-buffer".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just created and owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// What an open handle shows of its file, for `stat`.
@@ -418,6 +464,8 @@ impl Handle {
         if let Handle::Write(w) = self {
             w.existed = false;
             let kept = w.base_limit.min(w.size);
+            // Kept in memory if it fits; if it cannot move to disk, memory still holds it.
+            let _ = w.make_room(kept);
             if let (Some(base), true) = (&w.base, kept > 0) {
                 // Bring the base's data (not its holes) into the buffer where this handle has
                 // not written: it must travel with the commit.
@@ -453,7 +501,8 @@ pub(crate) struct Handles {
     /// std lock: table edits only.
     table: Mutex<HashMap<u64, Shared>>,
     next: AtomicU64,
-    buffers: PathBuf,
+    /// Where write buffers too large for memory go.
+    buffers: Arc<Path>,
 }
 
 fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
@@ -461,14 +510,15 @@ fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Handle> {
 }
 
 impl Handles {
-    /// A table whose write buffers live in `buffers` (emptied first: leftovers of a crash).
+    /// A table whose large write buffers live in `buffers` (emptied first: leftovers of a
+    /// crash).
     pub(crate) fn open(buffers: PathBuf) -> io::Result<Self> {
         let _ = std::fs::remove_dir_all(&buffers);
         std::fs::create_dir_all(&buffers)?;
         Ok(Handles {
             table: Mutex::default(),
             next: AtomicU64::new(1),
-            buffers,
+            buffers: buffers.into(),
         })
     }
 
@@ -568,13 +618,7 @@ impl Handles {
         committed: Option<ReadFile>,
         truncate: bool,
     ) -> io::Result<Handle> {
-        let buffer_path = self.buffers.join(format!("{:016x}", rand::random::<u64>()));
-        let buffer = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&buffer_path)?;
+        let buffer = memory_file()?;
         let existed = committed.is_some();
         let size = match (&committed, truncate) {
             (Some(base), false) => base.metadata()?.len(),
@@ -584,7 +628,8 @@ impl Handles {
         Ok(Handle::Write(Writer {
             ino,
             buffer,
-            buffer_path,
+            buffer_path: None,
+            spill_dir: self.buffers.clone(),
             base: committed.filter(|_| !truncate),
             base_limit: size,
             written: Ranges::default(),
@@ -647,6 +692,47 @@ mod tests {
             Change::Patch { layout, spans } => (layout.cut, layout.size, layout.zeros.clone(), spans.clone()),
             Change::Whole => panic!("expected a patch"),
         }
+    }
+
+    /// A small file's buffer lives in memory (no file in the buffer directory, so creating
+    /// many small files allocates no inodes for buffers); a write past `IN_MEMORY` moves it
+    /// to disk with its bytes and holes, and the commit still reads it whole.
+    #[test]
+    fn small_buffers_stay_in_memory_and_large_ones_move_to_disk() {
+        let f = fixture();
+        let buffers = || std::fs::read_dir(f.dir.path().join("buffers")).unwrap().count();
+        let (fh, h) = f.handles.insert(f.handles.new_writer(9, None, true).unwrap());
+        locked(&h).write_at(b"head", 0).unwrap();
+        locked(&h).write_at(b"tail", IN_MEMORY - 4).unwrap();
+        assert_eq!(buffers(), 0, "a file of IN_MEMORY bytes is buffered in memory");
+        let before = locked(&h).take_pending().unwrap().unwrap();
+
+        locked(&h).write_at(b"far", 3 * IN_MEMORY).unwrap();
+        assert_eq!(buffers(), 1, "a write past IN_MEMORY moved the buffer to disk");
+        let mut got = vec![0u8; 4];
+        assert_eq!(locked(&h).read_at(&mut got, IN_MEMORY - 4).unwrap(), 4);
+        assert_eq!(got, b"tail", "bytes written before the move are kept");
+        let pending = locked(&h).take_pending().unwrap().unwrap();
+        assert_eq!(pending.size, 3 * IN_MEMORY + 3);
+        let (cut, size, _zeros, spans) = patch_of(&pending);
+        assert_eq!((cut, size), (Some(0), 3 * IN_MEMORY + 3));
+        let sent: u64 = spans.iter().map(|s| s.1).sum();
+        assert!(
+            sent < 64 << 10,
+            "only the written blocks travel, not the holes: {spans:?}"
+        );
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&pending.contents.metadata().unwrap());
+        assert!(blocks < 1024, "holes stay holes on disk: {blocks} blocks");
+        let mut head = [0u8; 4];
+        pending.contents.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"head");
+        // A commit taken before the move still reads the memory buffer.
+        before.contents.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"head");
+
+        f.handles.remove(fh);
+        drop((h, pending, before));
+        assert_eq!(buffers(), 0, "the disk buffer is deleted with the handle");
     }
 
     /// A writer copies nothing at open, reads the committed file where it has not written,

@@ -19,7 +19,8 @@ use super::{LeaderReply, Refusal};
 use crate::raft::command::{Batch, Command};
 use crate::raft::Raft;
 
-/// Entries being committed at once. Two: one in replication while the next one forms.
+/// Entries being committed at once. One: requests that arrive meanwhile form the next batch
+/// (measured with 1, 2, 4 and 8 in flight: more only made the batches smaller and slower).
 const IN_FLIGHT: usize = 1;
 /// Most commands in one batch.
 const MAX_COMMANDS: usize = 512;
@@ -101,7 +102,11 @@ async fn commit(raft: &Raft, jobs: Vec<Job>) {
             let mut results = resp.data.into_iter();
             for reply in replies {
                 let result = results.next().unwrap_or(Ok(()));
-                let _ = reply.send(Ok(Applied { index, result }));
+                let _ = reply.send(Ok(Applied {
+                    index,
+                    result,
+                    here: true,
+                }));
             }
         }
         Err(e) => {

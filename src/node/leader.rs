@@ -28,6 +28,11 @@ pub struct Applied {
     pub index: u64,
     /// What applying it produced.
     pub result: CommandResult,
+    /// Applied on this node already: the leader answers a proposal only after applying it, so
+    /// its own callers need not wait for the state machine again. Never sent (a forwarded
+    /// answer arrives `false`: the asking node applies the entry on its own time).
+    #[serde(skip)]
+    pub here: bool,
 }
 
 impl Node {
@@ -78,6 +83,7 @@ impl Node {
                 Ok(Ok(resp)) => Ok(Applied {
                     index: resp.log_id.index,
                     result: resp.data.into_iter().next().unwrap_or(Ok(())),
+                    here: true,
                 }),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
                 Ok(Err(e)) => Err(Refusal::Unavailable(e.to_string())),

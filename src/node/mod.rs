@@ -617,7 +617,9 @@ impl Node {
                     self.propose_local(cmd.clone(), timeout)
                 })
                 .await?;
-            self.wait_applied(applied.index, started).await?;
+            if !applied.here {
+                self.wait_applied(applied.index, started).await?;
+            }
             applied.result.map_err(Error::from)
         }
         .await;
