@@ -199,9 +199,11 @@ fn echo_on_one_node_cat_on_every_node() {
         assert_eq!(std::fs::read(m[follower].join("versioned")).unwrap(), b"new");
     }
 
-    // The mount is the mounting user's alone unless --allow-other.
+    // The mount is the mounting user's alone unless --allow-other; the kernel then need not
+    // check modes (that would cost a getattr of the directory per path walk after changes).
     let options = mount_options(&m[0]);
     assert!(!options.contains("allow_other"), "{options}");
+    assert!(!options.contains("default_permissions"), "{options}");
 }
 
 /// The kernel's super-block options of the mount at `path`.
@@ -232,6 +234,10 @@ fn allow_other_is_opt_in() {
     });
     let options = mount_options(&mount);
     assert!(options.contains("allow_other"), "{options}");
+    assert!(
+        options.contains("default_permissions"),
+        "other users get the modes files show: {options}"
+    );
 }
 
 #[test]

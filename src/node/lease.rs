@@ -11,7 +11,10 @@
 //! proposed). Until `t + window` — a quarter of the lease, leaving three quarters for clock
 //! rate differences and scheduling delays — the leader's last log index is a valid read
 //! index: it covers everything committed anywhere, and waiting until it is applied makes the
-//! read linearizable, as etcd's lease-based reads are.
+//! read linearizable, as etcd's lease-based reads are. Once the leader has applied an entry of
+//! its own term, its applied index is valid too (and needs no wait): every write is answered
+//! only after the leader of its term applied it, and whatever earlier terms committed comes
+//! before this term's first entry.
 //!
 //! The lease is per term: a new term needs its own acknowledgement. A voter that restarts
 //! forgets when it last heard from the leader and could vote at once; so a starting node
