@@ -488,6 +488,94 @@ fn lagging_node_catches_up_by_snapshot() {
     assert_eq!(snaps, 1, "one snapshot kept");
 }
 
+/// Snapshots are linked while writes go on (only the paths written meanwhile are linked
+/// again under the lock): each must still hold exactly the tree at its index. A node that
+/// catches up from one, then applies the rest of the log, ends with the leader's tree.
+#[test]
+fn snapshots_taken_during_writes_hold_exactly_the_tree_at_their_index() {
+    let mut c = Cluster::start(3, &["--snapshot-every", "20"]);
+    let leader = c.wait_leader();
+    let lagging = c.followers(leader)[0];
+    c.nodes[lagging].kill();
+    for i in 0..400 {
+        let (code, _) = c.nodes[leader].post(&format!("/files/d{}/f{i}", i % 8), b"seed");
+        assert_eq!(code, 200);
+    }
+    // Overwrites, deletes and new files in the same directories while snapshots are built.
+    let first = c.nodes[leader].status().unwrap()["snapshot_index"]
+        .as_u64()
+        .unwrap_or(0);
+    let name = c.nodes[leader].name.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let i = n * 7919 % 400;
+                let path = format!("/files/d{}/f{i}", i % 8);
+                let code = match n % 3 {
+                    0 => http(&name, "POST", &path, format!("v{n}").as_bytes()).unwrap().0,
+                    1 => http(&name, "DELETE", &path, b"").unwrap().0,
+                    _ => {
+                        http(&name, "POST", &format!("/files/d{}/new{n}", n % 8), b"n")
+                            .unwrap()
+                            .0
+                    }
+                };
+                assert!(code == 200 || code == 404, "{path}: {code}");
+                n += 1;
+            }
+            n
+        })
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "three snapshots during the writes",
+        || {
+            let s = c.nodes[leader].status()?["snapshot_index"].as_u64()?;
+            // Each snapshot index is a new build (they come every few hundred entries here).
+            (s > first + 1_500).then_some(())
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert_eq!(c.nodes[leader].post("/files/last", b"done").0, 200);
+    println!("{writes} writes during the snapshots");
+
+    c.nodes[lagging].spawn();
+    c.wait_replicated(lagging, "last", b"done");
+    let node = &c.nodes[lagging];
+    wait_for(
+        Duration::from_secs(20),
+        "the lagging node to report its snapshot",
+        || node.status()?["snapshot_index"].as_u64().filter(|&s| s > first),
+    );
+    let tree = |i: usize| {
+        let root = c.nodes[i].dir.join("files");
+        let mut files = std::collections::BTreeMap::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(&root).unwrap().display().to_string();
+                    files.insert(rel, std::fs::read(e.path()).unwrap());
+                }
+            }
+        }
+        files
+    };
+    let (want, got) = (tree(leader), tree(lagging));
+    assert_eq!(want.len(), got.len(), "as many files as the leader");
+    assert!(
+        want == got,
+        "the tree rebuilt from a snapshot differs from the leader's"
+    );
+}
+
 #[test]
 fn corrupt_log_stops_node_and_torn_tail_is_dropped() {
     let mut c = Cluster::start(3, &[]);

@@ -1,9 +1,11 @@
 //! Snapshot files: a point-in-time copy of the tree, streamed into one self-describing file.
 //!
-//! Building: under the state-machine lock (so no entry is half-applied) the tree is
-//! hard-linked into a staging directory — cheap, and exact, because a linked file is never
-//! written into: apply replaces it, or patches a copy (see [`super::files`]). The lock is then released and
-//! the archive is written from the staging copy while `apply` carries on.
+//! Building: the tree is hard-linked into a staging directory while `apply` carries on; the
+//! paths applied meanwhile are noted, linked again, and under the state-machine lock (so no
+//! entry is half-applied) the last of them, which makes the copy exactly the tree at the
+//! applied index. Exact, because a linked file is never written into: apply replaces it, or
+//! patches a copy (see [`super::files`]). The archive is then written from the staging copy,
+//! again while `apply` carries on.
 //!
 //! Format (text header lines, raw contents), so `head` on a snapshot is informative:
 //!
@@ -104,21 +106,72 @@ fn mtime_nanos(meta: &fs::Metadata) -> u64 {
 /// each created directory its source's mtime.
 /// Anything else (a symlink, a device, a socket planted by hand) is left out: raftd never
 /// creates one, and following it could copy data from outside the tree into a snapshot.
+///
+/// Entries that vanish while it runs are skipped: the tree may change under it (see
+/// [`relink`], which brings such a copy up to date).
 pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
     fs::create_dir_all(dst)?;
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let target = dst.join(entry.file_name());
-        let kind = entry.file_type()?;
+        let Some(kind) = gone_is_none(entry.file_type())? else {
+            continue;
+        };
         if kind.is_dir() {
-            link_tree(&entry.path(), &target)?;
+            match link_tree(&entry.path(), &target) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         } else if kind.is_file() {
-            fs::hard_link(entry.path(), &target)?;
+            gone_is_none(fs::hard_link(entry.path(), &target))?;
         } else {
             tracing::warn!(path = %entry.path().display(), "leaving a non-regular file out of the snapshot");
         }
     }
     File::open(dst)?.set_modified(fs::metadata(src)?.modified()?)
+}
+
+/// `Ok(None)` for "not found", the value otherwise.
+fn gone_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes `dst/rel` mirror `src/rel` again, for a copy [`link_tree`] made while `rel` changed:
+/// drops what the copy holds there, links what the source holds now (a file, or a directory
+/// and everything in it), and gives the directories above it their source's times (an entry
+/// came or went in them).
+pub fn relink(src: &Path, dst: &Path, rel: &str) -> io::Result<()> {
+    let (from, to) = (src.join(rel), dst.join(rel));
+    match gone_is_none(fs::symlink_metadata(&to))? {
+        Some(m) if m.is_dir() => fs::remove_dir_all(&to)?,
+        Some(_) => fs::remove_file(&to)?,
+        None => {}
+    }
+    match gone_is_none(fs::symlink_metadata(&from))? {
+        Some(m) if m.is_dir() => link_tree(&from, &to)?,
+        Some(m) if m.is_file() => {
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            gone_is_none(fs::hard_link(&from, &to))?;
+        }
+        _ => {}
+    }
+    let mut above = Path::new(rel);
+    while let Some(parent) = above.parent() {
+        if let (Some(m), Some(dir)) = (
+            gone_is_none(fs::metadata(src.join(parent)))?,
+            gone_is_none(File::open(dst.join(parent)))?,
+        ) {
+            dir.set_modified(m.modified()?)?;
+        }
+        above = parent;
+    }
+    Ok(())
 }
 
 /// Writes the archive of `staging` (which holds `files/` and `uploads/`) to `out` and fsyncs it.
@@ -547,6 +600,65 @@ mod tests {
         assert!(
             v.feed(archive.as_bytes()).is_err(),
             "the validator refuses it too"
+        );
+    }
+
+    /// A copy linked while the tree changed is made exact by relinking the changed paths:
+    /// the same names, kinds, inodes (links, not copies) and directory times as the tree.
+    #[test]
+    fn relinking_the_changed_paths_makes_a_live_copy_exact() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, copy) = (dir.path().join("tree"), dir.path().join("copy"));
+        for d in ["a/b", "c", "gone"] {
+            fs::create_dir_all(tree.join(d)).unwrap();
+        }
+        for f in ["a/b/f", "a/g", "c/h", "gone/x", "top"] {
+            fs::write(tree.join(f), f).unwrap();
+        }
+        link_tree(&tree, &copy).unwrap();
+        // Changes made after (or while) the copy was linked, as the state machine applies them.
+        let mut changed = Vec::new();
+        let mut note = |p: &str| changed.push(p.to_string());
+        fs::rename(tree.join("a"), tree.join("moved")).unwrap();
+        note("a");
+        note("moved");
+        fs::remove_dir_all(tree.join("gone")).unwrap();
+        note("gone/x");
+        note("gone");
+        fs::create_dir_all(tree.join("new/deep")).unwrap();
+        note("new");
+        fs::write(tree.join("new/deep/n"), "n").unwrap();
+        note("new/deep/n");
+        let replacement = dir.path().join("replacement");
+        fs::write(&replacement, "top v2").unwrap();
+        fs::rename(&replacement, tree.join("top")).unwrap();
+        note("top");
+        fs::remove_file(tree.join("c/h")).unwrap();
+        note("c/h");
+        let old = UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        File::open(tree.join("c")).unwrap().set_modified(old).unwrap();
+        for p in &changed {
+            relink(&tree, &copy, p).unwrap();
+        }
+
+        let listing = |root: &Path| {
+            let mut seen = Vec::new();
+            walk_sorted(root, "", &mut |path, full, meta| {
+                let inode = if meta.is_dir() { 0 } else { meta.ino() };
+                let mtime = fs::metadata(full).unwrap().modified().unwrap();
+                seen.push((path.to_string(), meta.is_dir(), inode, mtime));
+                Ok(())
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(listing(&copy), listing(&tree));
+        assert_eq!(fs::read(copy.join("top")).unwrap(), b"top v2");
+        assert_eq!(
+            fs::metadata(copy.join("c")).unwrap().modified().unwrap(),
+            old,
+            "the times of a directory an entry left"
         );
     }
 

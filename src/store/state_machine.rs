@@ -101,6 +101,32 @@ struct State {
     current: Option<(SnapshotMeta, PathBuf)>,
     /// The file openraft is streaming a snapshot into.
     receiving: Option<PathBuf>,
+    /// While a snapshot or backup links the tree without the lock: what was applied since.
+    linking: Option<Touched>,
+}
+
+/// The paths changed while the tree was being linked (see `Shared::link_tree_at_applied`).
+#[derive(Default)]
+struct Touched {
+    paths: Vec<String>,
+    /// Too many to relink one by one, or the whole tree was replaced: link it all again.
+    everything: bool,
+}
+
+impl Touched {
+    /// Beyond this many changed paths, linking the whole tree again is as cheap.
+    const MAX_PATHS: usize = 1 << 16;
+
+    fn note<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        if self.everything {
+            return;
+        }
+        self.paths.extend(names.into_iter().map(str::to_owned));
+        if self.paths.len() > Self::MAX_PATHS {
+            self.everything = true;
+            self.paths = Vec::new();
+        }
+    }
 }
 
 impl State {
@@ -170,6 +196,7 @@ impl StateMachine {
             dedup,
             current,
             receiving: None,
+            linking: None,
         };
         let shared = Shared {
             tree,
@@ -221,14 +248,16 @@ impl StateHandle {
     pub fn backup(&self, node: &str) -> std::io::Result<super::backup::Backup> {
         let tag: u64 = rand::random();
         let staging = self.0.snapshots.join(format!("backup-{tag:016x}"));
-        let (archiving, applied) = {
-            let state = self.0.lock();
-            let archiving = self.0.tree.archiving();
-            if let Err(e) = snapshot::link_tree(&self.0.tree.root, &staging) {
+        let archiving = self.0.tree.archiving();
+        let linked = self
+            .0
+            .link_tree_at_applied(&staging, |state| Ok(state.marker.last_applied));
+        let applied = match linked {
+            Ok(applied) => applied,
+            Err(e) => {
                 let _ = fs::remove_dir_all(&staging);
                 return Err(e);
             }
-            (archiving, state.marker.last_applied)
         };
         super::backup::Backup::new(staging, applied, node, archiving)
     }
@@ -327,6 +356,9 @@ impl Shared {
             return Ok(first);
         }
         let result = self.tree.apply(cmd, tag).map_err(failed())?;
+        if let Some(touched) = &mut state.linking {
+            touched.note(cmd.names());
+        }
         if let Command::Chunk(c) = cmd {
             self.tree
                 .stamp_upload(c.upload, state.dedup.clock())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::{Dedup, Marker, Shared};
+use super::{Dedup, Marker, Shared, State, Touched};
 use crate::fsutil;
 use crate::raft::SnapshotMeta;
 use crate::store::snapshot::{self, Header};
@@ -18,12 +18,10 @@ impl Shared {
         let started = std::time::Instant::now();
         let tag: u64 = rand::random();
         let staging = self.snapshots.join(format!("build-{tag:016x}"));
-        // Taken under the lock, before linking, held until the archive is written.
-        let archiving;
-        let header = {
-            let state = self.lock();
-            archiving = self.tree.archiving();
-            snapshot::link_tree(&self.tree.root, &staging.join("files"))?;
+        // Taken before linking, held until the archive is written.
+        let archiving = self.tree.archiving();
+        let header = self.link_tree_at_applied(&staging.join("files"), |state| {
+            // Staged chunks: few, and not among the paths commands name; linked here.
             snapshot::link_tree(&self.tree.uploads, &staging.join("uploads"))?;
             let last = state.marker.last_applied;
             let snapshot_id = match last {
@@ -35,9 +33,16 @@ impl Shared {
                 last_membership: state.marker.membership.clone(),
                 snapshot_id,
             };
-            Header {
+            Ok(Header {
                 meta,
                 dedup: state.dedup.save(),
+            })
+        });
+        let header = match header {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
             }
         };
         let path = self.snapshots.join(format!("{}.snap", header.meta.snapshot_id));
@@ -59,6 +64,56 @@ impl Shared {
             .observe(fs::metadata(&path).map_or(0, |m| m.len()) as f64);
         self.publish(header.meta.clone(), path.clone())?;
         Ok((header.meta, path))
+    }
+
+    /// Hard-links the tree into `dst` as it is at the applied index, then runs `at_applied`
+    /// on the state at that same point, under the lock. Applies go on while the tree is
+    /// linked, noting what they change; those paths are linked again (most of them without
+    /// the lock, the last few with it), so the lock is held for a handful of paths, not for
+    /// a walk of the whole tree: no write waits on a snapshot of a large tree. Only one
+    /// build tracks changes at a time; another links under the lock throughout.
+    pub(super) fn link_tree_at_applied<T>(
+        &self,
+        dst: &Path,
+        at_applied: impl FnOnce(&mut State) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let root = &self.tree.root;
+        {
+            let mut state = self.lock();
+            if state.linking.is_some() {
+                snapshot::link_tree(root, dst)?;
+                return at_applied(&mut state);
+            }
+            state.linking = Some(Default::default());
+        }
+        let relink_all = |dst: &Path| -> std::io::Result<()> {
+            if dst.exists() {
+                fs::remove_dir_all(dst)?;
+            }
+            snapshot::link_tree(root, dst)
+        };
+        let catch_up = |touched: Touched| -> std::io::Result<()> {
+            if touched.everything {
+                return relink_all(dst);
+            }
+            touched
+                .paths
+                .iter()
+                .try_for_each(|p| snapshot::relink(root, dst, p))
+        };
+        let unlocked = snapshot::link_tree(root, dst).and_then(|()| {
+            let touched = self.lock().linking.replace(Default::default());
+            catch_up(touched.unwrap_or_default())
+        });
+        let mut state = self.lock();
+        let touched = state.linking.take().unwrap_or_default();
+        // A copy that could not be brought up to date piecemeal is made again, whole.
+        let caught_up = unlocked.and_then(|()| catch_up(touched)).or_else(|e| {
+            warn!(cause = %e, "relinking the whole tree for a snapshot");
+            relink_all(dst)
+        });
+        caught_up?;
+        at_applied(&mut state)
     }
 
     /// Makes `path` the current snapshot if it is newer, deleting the one it replaces.
@@ -143,6 +198,10 @@ impl Shared {
             fs::rename(restore.join("files"), &self.tree.root)?;
             fs::rename(&self.tree.uploads, trash.join("uploads"))?;
             fs::rename(restore.join("uploads"), &self.tree.uploads)?;
+            // A build linking the old tree must link the new one whole.
+            if let Some(touched) = &mut state.linking {
+                touched.everything = true;
+            }
             fsutil::sync_parent(&self.tree.root)?;
             fsutil::sync_parent(&self.tree.uploads)?;
             state.marker = Marker {
