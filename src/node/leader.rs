@@ -113,9 +113,11 @@ impl Node {
             // once an entry of this term is applied: a write is answered only after the
             // leader of its term applied it, and what earlier leaders committed precedes
             // this term's first entry. So a read need not wait for entries still in flight
-            // (a lookup of a new name while others write would wait for their commit).
+            // (a lookup of a new name while others write would wait for their commit). But
+            // a leader restarted in its term rebuilt its files from a snapshot: what it
+            // answered before the restart is covered by the log as it was at the start.
             if let Some(applied) = applied.filter(|a| a.leader_id.term == term) {
-                return Ok(Some(applied.index));
+                return Ok(Some(applied.index).max(self.started_at_log));
             }
             return Ok(last_log.max(self.started_at_log));
         }

@@ -14,7 +14,8 @@
 //! read linearizable, as etcd's lease-based reads are. Once the leader has applied an entry of
 //! its own term, its applied index is valid too (and needs no wait): every write is answered
 //! only after the leader of its term applied it, and whatever earlier terms committed comes
-//! before this term's first entry.
+//! before this term's first entry — provided the leader has applied its log as it was when
+//! the process started (one restarted in its term rebuilt its files from a snapshot).
 //!
 //! The lease is per term: a new term needs its own acknowledgement. A voter that restarts
 //! forgets when it last heard from the leader and could vote at once; so a starting node
