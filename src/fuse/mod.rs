@@ -244,6 +244,11 @@ fn forget_stale(notifier: &Notifier, shared: &shared::Shared, path: &str) {
     if now.is_some() && now == told {
         return;
     }
+    // Created here and not yet committed: the name lives on this mount (a change to an
+    // earlier file of that name, renamed away before it was created, must not take it).
+    if now.is_none() && shared.handles.created().contains(&ino) {
+        return;
+    }
     // Gone, or now of another kind: the name must be looked up afresh, and under a new
     // number (an inode cannot change kind; a name created again is a new file).
     let (parent, name) = crate::names::split(path);

@@ -116,8 +116,11 @@ impl Node {
             // (a lookup of a new name while others write would wait for their commit). But
             // a leader restarted in its term rebuilt its files from a snapshot: what it
             // answered before the restart is covered by the log as it was at the start.
-            if let Some(applied) = applied.filter(|a| a.leader_id.term == term) {
-                return Ok(Some(applied.index).max(self.started_at_log));
+            // The index is the state machine's own, never behind what was answered;
+            // openraft's metrics (which tell the term) can lag it by a moment.
+            if applied.is_some_and(|a| a.leader_id.term == term) {
+                let applied = self.state.applied_index();
+                return Ok(Some(applied).max(self.started_at_log));
             }
             return Ok(last_log.max(self.started_at_log));
         }

@@ -14,7 +14,7 @@
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -151,6 +151,9 @@ struct Shared {
     changes: ChangeFeed,
     /// Set while a snapshot from the leader replaces the tree (readiness reports it).
     installing: AtomicBool,
+    /// The last applied index, stored before openraft hears the entries are applied (so
+    /// before any of them is answered); openraft's metrics follow a moment later.
+    applied_index: AtomicU64,
 }
 
 /// The state machine handed to openraft.
@@ -179,6 +182,7 @@ impl StateMachine {
         let marker_path = data_dir.join("sm").join("applied");
         let fresh = !marker_path.exists() && current.is_none();
         let marker = Marker::read(&marker_path)?;
+        let applied_index = marker.last_applied.map_or(0, |l| l.index);
         let sm_dir = data_dir.join("sm");
         let was_clean = sm_dir.join(CLEAN).exists();
         let dedup = load_dedup(&sm_dir, was_clean, current.as_ref().map(|c| c.1.as_path()))?;
@@ -205,6 +209,7 @@ impl StateMachine {
             state: Mutex::new(state),
             changes,
             installing: AtomicBool::new(false),
+            applied_index: AtomicU64::new(applied_index),
         };
         // The flag is consumed now: from here on this run is unclean until `mark_clean`.
         if was_clean {
@@ -241,6 +246,12 @@ impl StateHandle {
     /// True while a snapshot from the leader is replacing the tree.
     pub fn installing(&self) -> bool {
         self.0.installing.load(Ordering::Relaxed)
+    }
+
+    /// The index of the last entry applied, as soon as it is applied: at least the index of
+    /// every write this node has answered (openraft's metrics may still show less).
+    pub fn applied_index(&self) -> u64 {
+        self.0.applied_index.load(Ordering::Acquire)
     }
 
     /// Links the tree as it is at the last applied index into a staging copy, for
@@ -325,6 +336,7 @@ impl Shared {
             state
                 .save_marker()
                 .map_err(io_err(ErrorSubject::Apply(last), ErrorVerb::Write))?;
+            self.applied_index.store(last.index, Ordering::Release);
         }
         events.apply_seconds.observe(crate::metrics::since(started));
         Ok(outcomes)

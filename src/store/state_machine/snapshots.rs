@@ -208,6 +208,10 @@ impl Shared {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
+            self.applied_index.store(
+                meta.last_log_id.map_or(0, |l| l.index),
+                std::sync::atomic::Ordering::Release,
+            );
             state.dedup = Dedup::restore(dedup);
             state.save_marker()?;
             state.marker_file.sync_all()?;
