@@ -1,8 +1,9 @@
 //! Open files. A read handle pins the version of the file that was current at `open`; a write
 //! handle records what it changes — the bytes written (in a sparse buffer: memory for a small
-//! file, a local file past `IN_MEMORY`), the ranges touched since the last commit, the shortest length the file was cut
-//! to — and reads the rest from the committed file. A commit sends only what changed: a
-//! `file:patch`, or a whole `file:write` when the handle rewrote the file from empty.
+//! file, a local file past `IN_MEMORY`), the ranges touched since the last commit, the
+//! shortest length the file was cut to — and reads the rest from the committed file. A commit
+//! sends only what changed: a `file:patch`, or a whole `file:write` when the handle rewrote
+//! the file from empty.
 
 use std::collections::HashMap;
 use std::fs::File;

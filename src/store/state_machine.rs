@@ -11,6 +11,7 @@
 //! minutes by the log's clock (see [`super::dedup`]) and travel in snapshots and, at a clean
 //! stop, in `sm/dedup`, so a retry answers with the first outcome instead of applying twice.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -108,7 +109,9 @@ struct State {
 /// The paths changed while the tree was being linked (see `Shared::link_tree_at_applied`).
 #[derive(Default)]
 struct Touched {
-    paths: Vec<String>,
+    /// Each once however often it changed, and in order, so a directory comes before what
+    /// is in it (it is relinked whole first; its entries then only refresh themselves).
+    paths: BTreeSet<String>,
     /// Too many to relink one by one, or the whole tree was replaced: link it all again.
     everything: bool,
 }
@@ -121,10 +124,14 @@ impl Touched {
         if self.everything {
             return;
         }
-        self.paths.extend(names.into_iter().map(str::to_owned));
+        for name in names {
+            if !self.paths.contains(name) {
+                self.paths.insert(name.to_owned());
+            }
+        }
         if self.paths.len() > Self::MAX_PATHS {
             self.everything = true;
-            self.paths = Vec::new();
+            self.paths = BTreeSet::new();
         }
     }
 }

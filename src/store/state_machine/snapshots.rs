@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
@@ -86,7 +87,7 @@ impl Shared {
             }
             state.linking = Some(Default::default());
         }
-        let relink_all = |dst: &Path| -> std::io::Result<()> {
+        let relink_all = || -> std::io::Result<()> {
             if dst.exists() {
                 fs::remove_dir_all(dst)?;
             }
@@ -94,7 +95,7 @@ impl Shared {
         };
         let catch_up = |touched: Touched| -> std::io::Result<()> {
             if touched.everything {
-                return relink_all(dst);
+                return relink_all();
             }
             touched
                 .paths
@@ -110,7 +111,7 @@ impl Shared {
         // A copy that could not be brought up to date piecemeal is made again, whole.
         let caught_up = unlocked.and_then(|()| catch_up(touched)).or_else(|e| {
             warn!(cause = %e, "relinking the whole tree for a snapshot");
-            relink_all(dst)
+            relink_all()
         });
         caught_up?;
         at_applied(&mut state)
@@ -208,10 +209,8 @@ impl Shared {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
-            self.applied_index.store(
-                meta.last_log_id.map_or(0, |l| l.index),
-                std::sync::atomic::Ordering::Release,
-            );
+            self.applied_index
+                .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
             state.dedup = Dedup::restore(dedup);
             state.save_marker()?;
             state.marker_file.sync_all()?;
