@@ -189,16 +189,15 @@ async fn start_raft(
     let client = HttpClient::for_cluster(config)?.with_links(links);
     let reader = storage.log.reader();
     let raft_config = Arc::new(config.raft_config()?);
-    let network = Network::new(client.clone());
-    let raft = Raft::new(
-        identity.id,
-        raft_config,
-        network,
-        storage.log,
-        storage.state_machine,
-    )
-    .await
-    .map_err(|e| Error::Raft(e.to_string()))?;
+    // The leader's own appends stop waiting for the disk once the store knows whose it is;
+    // replication and the state machine wait for it instead.
+    storage.log.set_node_id(identity.id)?;
+    let mut state_machine = storage.state_machine;
+    state_machine.wait_for_log(reader.durable());
+    let network = Network::new(client.clone(), reader.durable());
+    let raft = Raft::new(identity.id, raft_config, network, storage.log, state_machine)
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
     let node = Node::new(
         identity.id,
         raft.clone(),

@@ -179,6 +179,9 @@ pub struct Node {
     reads: reads::Rounds,
     /// On a leader: when a majority last acknowledged it (see [`lease`]).
     lease: lease::Lease,
+    /// The data directory, open: free space is asked of it before every write, and a
+    /// descriptor spares that a walk of its path.
+    data_dir: Option<std::fs::File>,
     /// When this process started: it votes only a leader lease later (see [`lease`]).
     started: Instant,
 }
@@ -195,6 +198,7 @@ impl Node {
     ) -> Self {
         let name = config.name();
         let started_at_log = log.last_index();
+        let data_dir = std::fs::File::open(&config.data_dir).ok();
         Node {
             id,
             name,
@@ -215,6 +219,7 @@ impl Node {
             batcher: std::sync::OnceLock::new(),
             reads: Default::default(),
             lease: Default::default(),
+            data_dir,
             started: Instant::now(),
         }
     }
@@ -718,7 +723,11 @@ impl Node {
         if min == 0 {
             return Ok(());
         }
-        let free = match rustix::fs::statvfs(&self.config.data_dir) {
+        let stat = match &self.data_dir {
+            Some(dir) => rustix::fs::fstatvfs(dir),
+            None => rustix::fs::statvfs(&self.config.data_dir),
+        };
+        let free = match stat {
             Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
             Err(_) => return Ok(()), // cannot tell: let the write try
         };

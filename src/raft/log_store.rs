@@ -21,7 +21,7 @@ use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 
@@ -60,10 +60,18 @@ struct Shared {
     /// Readers share it; append, truncate and purge take it exclusively. std lock: nothing
     /// awaits while holding it.
     log: Arc<RwLock<LogFile>>,
-    /// Callbacks waiting for the next group fsync. Unbounded: at most one per append call,
-    /// and openraft bounds in-flight appends.
-    /// Each append's callback, with its number of entries (for the batch-size metric).
-    flush_tx: mpsc::Sender<(LogFlushed<TypeConfig>, usize)>,
+    /// Appends waiting for the next group fsync: each one's callback (none for a leader's
+    /// own appends, see [`durable`]), with its number of entries (for the batch-size
+    /// metric). Unbounded: at most one per append call, and openraft bounds in-flight appends.
+    flush_tx: mpsc::Sender<(Option<LogFlushed<TypeConfig>>, usize)>,
+    /// How far the log is on disk.
+    durable: Durable,
+    /// This node's id, once the node has said it (tools that open a log never do).
+    me: std::sync::OnceLock<NodeId>,
+    /// Whether the saved vote is this node's own, committed: it leads, and every entry
+    /// appended is its own (another leader's entries come only after its vote is saved).
+    leading: AtomicBool,
+
     /// Highest committed index + 1 (0 = nothing committed yet), for `/status`.
     committed: Arc<AtomicU64>,
 }
@@ -80,7 +88,17 @@ struct LogFile {
     /// Length of the file in bytes: where the next line goes.
     end: u64,
     last_purged: Option<LogId>,
+    /// The last `recent.len()` entries, decoded: a leader reads each new entry back once to
+    /// apply it and once per follower to replicate it, and decoding its JSON line each time
+    /// was a tenth of a busy leader's CPU. Bounded by [`RECENT_ENTRIES`] and [`RECENT_BYTES`]
+    /// (of log lines); a lagging follower's older entries come from the file.
+    recent: VecDeque<Entry>,
 }
+
+/// Most entries kept decoded in memory.
+const RECENT_ENTRIES: usize = 1024;
+/// Most bytes of log lines whose entries are kept decoded in memory.
+const RECENT_BYTES: u64 = 8 << 20;
 
 impl LogFile {
     fn next_index(&self) -> u64 {
@@ -101,30 +119,51 @@ impl LogFile {
         }
     }
 
-    /// Reads the lines of entries in `[start, end)`, clamped to what is present.
-    fn read_lines(&self, start: u64, end: u64, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    /// The range of entries to read for `[start, end)`, clamped to what is present, and cut
+    /// at the last whole line within `max_bytes` (but at least one entry).
+    fn fitting(&self, start: u64, end: u64, max_bytes: u64) -> std::ops::Range<u64> {
         let start = start.max(self.first_index);
-        let end = end.min(self.next_index());
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let from = self.offset_of(start);
-        let mut to = self.offset_of(end);
-        if to - from > max_bytes {
-            // Keep whole lines: stop at the last entry boundary inside the budget, but always
-            // return at least one entry.
-            to = self.offset_of(start + 1);
-            for index in start + 1..end {
-                let next = self.offset_of(index + 1);
-                if next - from > max_bytes {
-                    break;
-                }
-                to = next;
+        let mut end = end.min(self.next_index());
+        if start < end && self.offset_of(end) - self.offset_of(start) > max_bytes {
+            let from = self.offset_of(start);
+            let mut fits = start + 1;
+            while fits < end && self.offset_of(fits + 1) - from <= max_bytes {
+                fits += 1;
             }
+            end = fits;
         }
-        let mut buf = vec![0; (to - from) as usize];
+        start..end.max(start)
+    }
+
+    /// The entries in `[start, end)` (see [`fitting`](Self::fitting)), from memory when they
+    /// are recent, else decoded from the file.
+    fn read(&self, start: u64, end: u64, max_bytes: u64) -> std::io::Result<Vec<Entry>> {
+        let range = self.fitting(start, end, max_bytes);
+        let first_recent = self.next_index() - self.recent.len() as u64;
+        if range.start >= first_recent {
+            let at = |index: u64| (index - first_recent) as usize;
+            return Ok(self
+                .recent
+                .range(at(range.start)..at(range.end))
+                .cloned()
+                .collect());
+        }
+        let from = self.offset_of(range.start);
+        let mut buf = vec![0; (self.offset_of(range.end) - from) as usize];
         self.file.read_exact_at(&mut buf, from)?;
-        Ok(buf)
+        buf.split_inclusive(|&b| b == b'\n')
+            .map(|line| log_format::decode(line).map_err(std::io::Error::other))
+            .collect()
+    }
+
+    /// Drops decoded entries beyond the bounds, or no longer in the log.
+    fn trim_recent(&mut self) {
+        while self.recent.len() > self.entries.len()
+            || self.recent.len() > RECENT_ENTRIES
+            || self.end - self.offset_of(self.next_index() - self.recent.len() as u64) > RECENT_BYTES
+        {
+            self.recent.pop_front();
+        }
     }
 }
 
@@ -150,22 +189,42 @@ impl LogStore {
             rewrite_from(&mut log, first).context(|| "finish interrupted purge".into())?;
         }
         info!(path = %log.path.display(), first = log.first_index, next = log.next_index(), "log loaded");
+        // What a previous run wrote may not have reached the disk yet (a leader does not wait
+        // for its own appends): from here on it counts as durable.
+        log.file.sync_data().context(|| "sync the log".into())?;
+        let durable = Durable::new(log.next_index());
         let log = Arc::new(RwLock::new(log));
         let (flush_tx, flush_rx) = mpsc::channel();
-        let flusher_log = log.clone();
+        let flusher = Flusher {
+            log: log.clone(),
+            durable: durable.clone(),
+        };
         std::thread::Builder::new()
             .name("raftd-log-flush".into())
-            .spawn(move || run_flusher(flusher_log, flush_rx))
+            .spawn(move || flusher.run(flush_rx))
             .context(|| "spawn log flusher".into())?;
         let shared = Shared {
             dir: dir.to_path_buf(),
             log,
             flush_tx,
+            durable,
+            me: Default::default(),
+            leading: Default::default(),
             committed: Arc::default(),
         };
         Ok(LogStore {
             shared: Arc::new(shared),
         })
+    }
+
+    /// Tells the store whose node it is: from then on a leader's own appends do not wait
+    /// for the disk (see [`durable`]).
+    pub(crate) fn set_node_id(&self, id: NodeId) -> Result<()> {
+        let vote: Option<Vote<NodeId>> =
+            fsutil::read_json(&self.shared.dir.join("vote")).context(|| "read the vote".into())?;
+        let _ = self.shared.me.set(id);
+        self.shared.note_vote(vote.as_ref());
+        Ok(())
     }
 
     /// A reader for `GET /log` and tests.
@@ -176,7 +235,19 @@ impl LogStore {
     }
 }
 
+impl Shared {
+    fn note_vote(&self, vote: Option<&Vote<NodeId>>) {
+        let mine = vote.is_some_and(|v| v.committed && v.leader_id.voted_for() == self.me.get().copied());
+        self.leading.store(mine, Ordering::SeqCst);
+    }
+}
+
 impl LogReader {
+    /// How far the log is on disk.
+    pub(crate) fn durable(&self) -> Durable {
+        self.shared.durable.clone()
+    }
+
     /// Bytes of the log lines of entries in `[start, end)` that are still in the log.
     pub fn bytes_between(&self, start: u64, end: u64) -> u64 {
         let log = self.shared.log.read().expect("log lock poisoned");
@@ -222,18 +293,9 @@ impl LogReader {
     }
 
     fn read(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        let bytes = {
-            let log = self.shared.log.read().expect("log lock poisoned");
-            log.read_lines(start, end, max_bytes)
-        }
-        .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        bytes
-            .split_inclusive(|&b| b == b'\n')
-            .map(|line| {
-                log_format::decode(line)
-                    .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other(e)))
-            })
-            .collect()
+        let log = self.shared.log.read().expect("log lock poisoned");
+        log.read(start, end, max_bytes)
+            .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
 
@@ -293,8 +355,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         debug!(%vote, "save vote");
         let bytes = serde_json::to_vec(vote)
             .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e.into()))?;
-        fsutil::write_atomic(&self.shared.dir.join("vote"), &bytes)
-            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e))
+        let saved = fsutil::write_atomic(&self.shared.dir.join("vote"), &bytes)
+            .map_err(|e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e));
+        self.shared.note_vote(saved.is_ok().then_some(vote));
+        saved
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -316,13 +380,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let write_err = |e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let leading = self.shared.leading.load(Ordering::SeqCst);
         let mut buf = Vec::new();
         let mut lines = Vec::new();
-        let mut count = 0;
-        for entry in entries {
-            count += 1;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let count = entries.len();
+        for entry in &entries {
             let start = buf.len() as u64;
-            log_format::encode(&entry, &mut buf).map_err(|e| write_err(e.into()))?;
+            log_format::encode(entry, &mut buf).map_err(|e| write_err(e.into()))?;
             lines.push((start, entry.log_id));
         }
         {
@@ -347,9 +412,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 log.entries.push_back((base + start, id.leader_id.term));
             }
             log.end = base + buf.len() as u64;
+            log.recent.extend(entries);
+            log.trim_recent();
         }
-        if let Err(mpsc::SendError((callback, _))) = self.shared.flush_tx.send((callback, count)) {
-            callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+        // A leader's own entries go out to the followers while they are synced here.
+        let waiting = if leading {
+            callback.log_io_completed(Ok(()));
+            None
+        } else {
+            Some(callback)
+        };
+        // The flusher stops at a failed fsync: openraft then stops at this error, as it
+        // would have had it been told of the fsync.
+        if let Err(mpsc::SendError((callback, _))) = self.shared.flush_tx.send((waiting, count)) {
+            let stopped = || std::io::Error::other("log flusher stopped after a failed fsync");
+            if let Some(callback) = callback {
+                callback.log_io_completed(Err(stopped()));
+            }
+            return Err(write_err(stopped()));
         }
         Ok(())
     }
@@ -365,8 +445,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let err = |e| storage_io(ErrorSubject::Logs, ErrorVerb::Delete, e);
         log.file.set_len(offset).map_err(err)?;
         log.file.sync_data().map_err(err)?;
+        let dropped = log.entries.len() - keep.min(log.entries.len());
         log.entries.truncate(keep);
         log.end = offset;
+        let recent = log.recent.len().saturating_sub(dropped);
+        log.recent.truncate(recent);
+        self.shared.durable.truncated(log.next_index());
         Ok(())
     }
 
@@ -382,34 +466,59 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if log_id.index < log.first_index {
             return Ok(());
         }
-        rewrite_from(&mut log, log_id.index + 1).map_err(err)
+        rewrite_from(&mut log, log_id.index + 1).map_err(err)?;
+        log.trim_recent();
+        // The rewritten file was synced whole.
+        self.shared.durable.truncated(log.next_index());
+        Ok(())
     }
 }
 
 /// Group commit: one fdatasync covers every append queued while the previous one ran.
-fn run_flusher(log: Arc<RwLock<LogFile>>, rx: mpsc::Receiver<(LogFlushed<TypeConfig>, usize)>) {
-    let events = crate::metrics::events();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let file = log.read().expect("log lock poisoned").file.clone();
-        let started = std::time::Instant::now();
-        let result = file.sync_data();
-        events.fsync_seconds.observe(crate::metrics::since(started));
-        events
-            .fsync_entries
-            .observe(batch.iter().map(|(_, n)| *n).sum::<usize>() as f64);
-        for (callback, _) in batch {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+struct Flusher {
+    log: Arc<RwLock<LogFile>>,
+    durable: Durable,
+}
+
+impl Flusher {
+    fn run(self, rx: mpsc::Receiver<(Option<LogFlushed<TypeConfig>>, usize)>) {
+        let events = crate::metrics::events();
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            // Everything written before the fsync begins is on disk after it.
+            let (file, generation, below) = {
+                let log = self.log.read().expect("log lock poisoned");
+                (log.file.clone(), self.durable.generation(), log.next_index())
             };
-            callback.log_io_completed(r);
+            let started = std::time::Instant::now();
+            let result = file.sync_data();
+            events.fsync_seconds.observe(crate::metrics::since(started));
+            events
+                .fsync_entries
+                .observe(batch.iter().map(|(_, n)| *n).sum::<usize>() as f64);
+            match &result {
+                Ok(()) => self.durable.synced(generation, below),
+                Err(e) => tracing::error!(error = %e, "fsync of the log failed: appends stop"),
+            }
+            for (callback, _) in batch {
+                let Some(callback) = callback else { continue };
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                };
+                callback.log_io_completed(r);
+            }
+            if result.is_err() {
+                return;
+            }
         }
     }
 }
 
 pub mod check;
+mod durable;
+pub(crate) use durable::Durable;
 mod load;
 use load::{load, rewrite_from};
 #[cfg(test)]

@@ -20,16 +20,18 @@ use tracing::debug;
 
 use super::{NodeId, PeerNode, PeerRoute, TypeConfig};
 use crate::client::{HttpClient, SendError};
+use crate::raft::log_store::Durable;
 
 /// Hands out per-peer connections that share one pool.
 pub(crate) struct Network {
     client: HttpClient,
+    durable: Durable,
 }
 
 impl Network {
-    /// A factory over the node's shared client.
-    pub(crate) fn new(client: HttpClient) -> Self {
-        Network { client }
+    /// A factory over the node's shared client and this node's log's progress to disk.
+    pub(crate) fn new(client: HttpClient, durable: Durable) -> Self {
+        Network { client, durable }
     }
 }
 
@@ -38,6 +40,7 @@ pub(crate) struct PeerConn {
     client: HttpClient,
     target: NodeId,
     addr: String,
+    durable: Durable,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -48,6 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             target,
             addr: node.name.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -89,7 +93,24 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         debug!(to = %self.addr, term = rpc.vote.leader_id().term, entries = rpc.entries.len(), commit = ?rpc.leader_commit.map(|c| c.index), "send append");
-        self.call(PeerRoute::Append, &rpc, option.hard_ttl()).await
+        // This node's own appends do not wait for its disk (see `log_store::durable`): a
+        // commit index goes out only once it is durable here, and a follower's
+        // acknowledgment of entries counts only once they are durable here too.
+        let ttl = option.hard_ttl();
+        let not_durable = |e| RPCError::Network(NetworkError::new(&e));
+        if let Some(commit) = rpc.leader_commit {
+            self.durable.wait(commit.index, ttl).await.map_err(not_durable)?;
+        }
+        let last = rpc.entries.last().map(|e| e.log_id.index);
+        let answer: AppendEntriesResponse<NodeId> = self.call(PeerRoute::Append, &rpc, ttl).await?;
+        let accepted = matches!(
+            answer,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        );
+        if let (Some(last), true) = (last, accepted) {
+            self.durable.wait(last, ttl).await.map_err(not_durable)?;
+        }
+        Ok(answer)
     }
 
     async fn install_snapshot(

@@ -49,6 +49,77 @@ pub struct Meta {
     pub nlink: u64,
     /// 512-byte blocks allocated.
     pub blocks: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+#[allow(clippy::unnecessary_cast)] // the stat fields' types differ between targets
+fn meta(st: &rfs::Stat) -> Meta {
+    let kind = rfs::FileType::from_raw_mode(st.st_mode);
+    let nanos = |secs: i64, nsec: i64| u64::try_from(secs).unwrap_or(0) * 1_000_000_000 + nsec as u64;
+    Meta {
+        is_dir: kind == rfs::FileType::Directory,
+        is_file: kind == rfs::FileType::RegularFile,
+        size: st.st_size as u64,
+        mtime: nanos(st.st_mtime, st.st_mtime_nsec as i64),
+        atime: nanos(st.st_atime, st.st_atime_nsec as i64),
+        ctime: nanos(st.st_ctime, st.st_ctime_nsec as i64),
+        nlink: st.st_nlink as u64,
+        blocks: st.st_blocks as u64,
+        ino: st.st_ino,
+    }
+}
+
+/// A name in the tree with its directory open: what one apply does to one name resolves
+/// the path once (each resolution is a walk of every component from the root).
+pub struct At<'a> {
+    dir: OwnedFd,
+    base: &'a str,
+}
+
+impl At<'_> {
+    /// Metadata of the name (not following a symlink).
+    pub fn stat(&self) -> io::Result<Meta> {
+        Ok(meta(&rfs::statat(
+            &self.dir,
+            self.base,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?))
+    }
+
+    /// Opens the file for changing in place, without moving its access time.
+    pub fn open_rw(&self) -> io::Result<File> {
+        let open = |flags: OFlags| rfs::openat(&self.dir, self.base, flags, Mode::empty());
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match open(flags | OFlags::NOATIME) {
+            Err(e) if e == rustix::io::Errno::PERM => Ok(File::from(open(flags)?)),
+            r => Ok(File::from(r?)),
+        }
+    }
+
+    /// Creates the file, which must not exist yet, for writing.
+    pub fn create_new(&self) -> io::Result<File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(File::from(rfs::openat(
+            &self.dir,
+            self.base,
+            flags,
+            Mode::from_raw_mode(0o666),
+        )?))
+    }
+
+    /// Moves the file at `source` (outside the tree, same filesystem) into place, replacing
+    /// what is there as rename(2) does.
+    pub fn install(&self, source: &Path) -> io::Result<()> {
+        Ok(rfs::renameat(rfs::CWD, source, &self.dir, self.base)?)
+    }
+
+    /// Swaps the file at `source` with the name (`renameat2(RENAME_EXCHANGE)`): both must
+    /// exist; afterwards `source` holds the old file.
+    pub fn exchange(&self, source: &Path) -> io::Result<()> {
+        let flags = rfs::RenameFlags::EXCHANGE;
+        Ok(rfs::renameat_with(rfs::CWD, source, &self.dir, self.base, flags)?)
+    }
 }
 
 /// A directory that operations stay beneath.
@@ -131,25 +202,24 @@ impl Beneath {
 
     /// Metadata of `name` (not following a final symlink); the empty name is the root.
     pub fn stat(&self, name: &str) -> io::Result<Meta> {
-        let st = if name.is_empty() {
-            rfs::fstat(self.root_fd()?)?
-        } else {
-            let (dir, base) = self.parent(name)?;
-            rfs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?
+        if name.is_empty() {
+            return Ok(meta(&rfs::fstat(self.root_fd()?)?));
+        }
+        let (dir, base) = self.parent(name)?;
+        Ok(meta(&rfs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?))
+    }
+
+    /// `name`'s directory, resolved once for several operations on `name`; missing
+    /// directories above it are created first (as [`make_parents`](Self::make_parents)).
+    pub fn at_made<'a>(&self, name: &'a str) -> io::Result<At<'a>> {
+        let (dir, base) = match self.parent(name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.make_parents(name)?;
+                self.parent(name)?
+            }
+            r => r?,
         };
-        let kind = rfs::FileType::from_raw_mode(st.st_mode);
-        let nanos = |secs: i64, nsec: i64| u64::try_from(secs).unwrap_or(0) * 1_000_000_000 + nsec as u64;
-        let mtime = nanos(st.st_mtime, st.st_mtime_nsec as i64);
-        Ok(Meta {
-            is_dir: kind == rfs::FileType::Directory,
-            is_file: kind == rfs::FileType::RegularFile,
-            size: st.st_size as u64,
-            mtime,
-            atime: nanos(st.st_atime, st.st_atime_nsec as i64),
-            ctime: nanos(st.st_ctime, st.st_ctime_nsec as i64),
-            nlink: st.st_nlink as u64,
-            blocks: st.st_blocks as u64,
-        })
+        Ok(At { dir, base })
     }
 
     /// The names in directory `name` (the empty name is the root), without `.` and `..`,
@@ -187,26 +257,6 @@ impl Beneath {
             dir = rfs::openat2(&dir, component, flags, Mode::empty(), RESOLVE)?;
         }
         Ok(())
-    }
-
-    /// Moves the file at `source` (a path outside the tree, e.g. a finished temp file on the
-    /// same filesystem) into place as `name`, replacing what is there as rename(2) does.
-    pub fn install(&self, source: &Path, name: &str) -> io::Result<()> {
-        let (dir, base) = self.parent(name)?;
-        Ok(rfs::renameat(rfs::CWD, source, dir, base)?)
-    }
-
-    /// Swaps the file at `source` (outside the tree, same filesystem) with `name`:
-    /// `renameat2(RENAME_EXCHANGE)`. Both must exist; afterwards `source` holds the old file.
-    pub fn exchange(&self, source: &Path, name: &str) -> io::Result<()> {
-        let (dir, base) = self.parent(name)?;
-        Ok(rfs::renameat_with(
-            rfs::CWD,
-            source,
-            dir,
-            base,
-            rfs::RenameFlags::EXCHANGE,
-        )?)
     }
 
     /// Moves `name` out of the tree to `dest` (a path outside it on the same filesystem).
@@ -303,7 +353,12 @@ mod tests {
         assert!(tree.list("link").is_err());
         let temp = dir.path().join("temp");
         std::fs::write(&temp, b"evil").unwrap();
-        assert!(loops(tree.install(&temp, "link/secret")));
+        assert!(tree
+            .at_made("link/secret")
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP)));
+        let at = tree.at_made("file-link").unwrap();
+        assert!(at.create_new().is_err() && at.open_rw().is_err());
+        assert!(!at.stat().unwrap().is_file, "the symlink itself, not its target");
         // Renaming or unlinking the symlink itself acts on the link, never its target.
         tree.rename("file-link", "moved").unwrap();
         tree.unlink("moved").unwrap();
@@ -314,10 +369,20 @@ mod tests {
     #[test]
     fn ordinary_operations_work() {
         let (dir, tree) = setup();
-        tree.make_parents("a/b/c").unwrap();
         let temp = dir.path().join("t");
         std::fs::write(&temp, b"hi").unwrap();
-        tree.install(&temp, "a/b/c").unwrap();
+        let at = tree.at_made("a/b/c").unwrap();
+        assert_eq!(at.stat().unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        at.install(&temp).unwrap();
+        std::fs::write(&temp, b"swapped").unwrap();
+        at.exchange(&temp).unwrap();
+        assert_eq!(std::fs::read(&temp).unwrap(), b"hi");
+        std::fs::write(&temp, b"hi").unwrap();
+        at.install(&temp).unwrap();
+        let new = tree.at_made("x/new").unwrap();
+        std::io::Write::write_all(&mut new.create_new().unwrap(), b"n").unwrap();
+        assert_eq!(new.create_new().unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(std::fs::read(tree.root().join("x/new")).unwrap(), b"n");
         tree.set_mtime("a/b/c", 1_500_000_000_123_456_789).unwrap();
         let meta = tree.stat("a/b/c").unwrap();
         assert!(meta.is_file && !meta.is_dir);

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use super::beneath::Beneath;
+use super::beneath::{At, Beneath};
 use super::recycle::{ReadFile, Recycler};
 use crate::error::FileError;
 use crate::fsutil::file_times;
@@ -76,6 +76,15 @@ fn outcome(name: &str, e: io::Error) -> io::Result<FileError> {
 
 /// Result of one tree operation: outer `Err` is a local fault, inner `Err` a replicated outcome.
 pub type Applied = io::Result<Result<(), FileError>>;
+
+/// The outcome of failing to resolve or create the directories above `name`: a file in the
+/// way is `NotADirectory`.
+fn parent_outcome(name: &str, e: io::Error) -> io::Result<FileError> {
+    match e.raw_os_error() {
+        Some(libc::EEXIST) | Some(libc::ENOTDIR) => Ok(FileError::NotADirectory(name.to_string())),
+        _ => outcome(name, e),
+    }
+}
 
 fn settle(name: &str, r: io::Result<()>) -> Applied {
     match r {
@@ -169,10 +178,7 @@ impl Tree {
     fn make_parents(&self, name: &str) -> Applied {
         match self.files.make_parents(name) {
             Ok(()) => Ok(Ok(())),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTDIR)) => {
-                Ok(Err(FileError::NotADirectory(name.to_string())))
-            }
-            Err(e) => outcome(name, e).map(Err),
+            Err(e) => parent_outcome(name, e).map(Err),
         }
     }
 
@@ -189,15 +195,23 @@ impl Tree {
     /// [`install`](Self::install) for a temp file whose time is already set. Replacing a
     /// file swaps the two and keeps the old inode for reuse (see [`super::recycle`]).
     fn install_timed(&self, temp: &Path, name: &str) -> Applied {
-        if let Err(e) = self.make_parents(name)? {
-            let _ = fs::remove_file(temp);
-            return Ok(Err(e));
-        }
-        if self.files.stat(name).is_ok_and(|m| m.is_file) && self.files.exchange(temp, name).is_ok() {
+        let at = match self.files.at_made(name) {
+            Ok(at) => at,
+            Err(e) => {
+                let _ = fs::remove_file(temp);
+                return parent_outcome(name, e).map(Err);
+            }
+        };
+        let replaces_file = at.stat().is_ok_and(|m| m.is_file);
+        self.install_at(&at, name, temp, replaces_file)
+    }
+
+    fn install_at(&self, at: &At, name: &str, temp: &Path, replaces_file: bool) -> Applied {
+        if replaces_file && at.exchange(temp).is_ok() {
             self.recycler.offer(temp.to_path_buf())?;
             return Ok(Ok(()));
         }
-        let result = settle(name, self.files.install(temp, name));
+        let result = settle(name, at.install(temp));
         if !matches!(result, Ok(Ok(()))) {
             let _ = fs::remove_file(temp);
         }
@@ -327,30 +341,64 @@ impl Tree {
         }
     }
 
-    /// `file:write`: replace the whole file.
+    /// `file:write`: replace the whole file. The name's directory is resolved once for all
+    /// the steps (each resolution walks the path from the root).
     pub fn write(&self, name: &str, data: &Data, mtime: u64, tag: u64) -> Applied {
         if let Err(e) = checked(name) {
             return Ok(Err(e));
         }
-        // An overwrite of a file nothing else can see (no reader holds it, no snapshot or
-        // backup links it) goes into the live inode, new readers waiting meanwhile: no
-        // temp file and no rename, the largest costs of an overwrite once writes come in
-        // batches. Otherwise the new version is built aside and swapped in.
-        if let Some(done) = self.overwrite_in_place(name, data, mtime)? {
-            return Ok(Ok(done));
+        let at = match self.files.at_made(name) {
+            Ok(at) => at,
+            Err(e) => return parent_outcome(name, e).map(Err),
+        };
+        let current = at.stat();
+        let len = data.0.len() as u64;
+        let mut spare = None;
+        match &current {
+            // An overwrite of a file nothing else can see (no reader holds it, no snapshot or
+            // backup links it) goes into the live inode, new readers waiting meanwhile: no
+            // temp file and no rename, the largest costs of an overwrite once writes come
+            // in batches. It is written over and cut only where it was longer, never
+            // truncated to zero first (see below).
+            Ok(m) if m.is_file && m.nlink == 1 => {
+                if let Some(_no_new_readers) = self.recycler.exclusive(m.ino) {
+                    let live = at.open_rw()?;
+                    live.write_all_at(&data.0, 0)?;
+                    if m.size > len {
+                        live.set_len(len)?;
+                    }
+                    live.set_times(file_times(mtime, mtime))?;
+                    return Ok(Ok(()));
+                }
+            }
+            // A new file is created in place, new readers waiting until it is whole — unless
+            // a spare inode can be reused: allocating one right after many were freed is
+            // what costs most on ext4 (see [`super::recycle`]).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                spare = self.recycler.take();
+                if spare.is_none() {
+                    let _no_new_readers = self.recycler.hold_readers();
+                    let file = at.create_new()?;
+                    file.write_all_at(&data.0, 0)?;
+                    file.set_times(file_times(mtime, mtime))?;
+                    return Ok(Ok(()));
+                }
+            }
+            _ => {}
         }
-        // One open: write the contents and set the time on the same descriptor, into a spare
-        // inode when there is one. A spare is written over in place and cut only where it was
-        // longer, never truncated to zero first: on ext4 a truncate to zero makes the close
-        // start writeback at once (the "replace via truncate" heuristic), and on a filesystem
-        // mounted with `discard` the freed blocks are discarded synchronously — together the
-        // largest cost of an overwrite in a profile.
-        let (file, temp) = match self.recycler.take() {
+        // Otherwise the new version is built aside, in one open: the contents and the time
+        // on the same descriptor, into a spare inode when there is one. A spare is written
+        // over in place and cut only where it was longer, never truncated to zero first: on
+        // ext4 a truncate to zero makes the close start writeback at once (the "replace via
+        // truncate" heuristic), and on a filesystem mounted with `discard` the freed blocks
+        // are discarded synchronously — together the largest cost of an overwrite in a
+        // profile.
+        let (file, temp) = match spare.or_else(|| self.recycler.take()) {
             Some(spare) => {
                 let file = File::options().write(true).open(&spare)?;
                 file.write_all_at(&data.0, 0)?;
-                if file.metadata()?.len() > data.0.len() as u64 {
-                    file.set_len(data.0.len() as u64)?;
+                if file.metadata()?.len() > len {
+                    file.set_len(len)?;
                 }
                 (file, spare)
             }
@@ -363,31 +411,7 @@ impl Tree {
         };
         file.set_times(file_times(mtime, mtime))?;
         drop(file);
-        self.install_timed(&temp, name)
-    }
-
-    /// Writes `data` over the live file `name` if it is a file that nothing else can see;
-    /// `None` if it is not (missing, a directory, linked, being read).
-    fn overwrite_in_place(&self, name: &str, data: &Data, mtime: u64) -> io::Result<Option<()>> {
-        let Ok(meta) = self.files.stat(name) else {
-            return Ok(None);
-        };
-        if !meta.is_file || meta.nlink != 1 {
-            return Ok(None);
-        }
-        let live = self.files.open_rw(name)?;
-        let ino = std::os::unix::fs::MetadataExt::ino(&live.metadata()?);
-        let Some(_no_new_readers) = self.recycler.exclusive(ino) else {
-            return Ok(None);
-        };
-        // Written over and cut only where it was longer, never truncated to zero first (see
-        // `write`).
-        live.write_all_at(&data.0, 0)?;
-        if meta.size > data.0.len() as u64 {
-            live.set_len(data.0.len() as u64)?;
-        }
-        live.set_times(file_times(mtime, mtime))?;
-        Ok(Some(()))
+        self.install_at(&at, name, &temp, current.is_ok_and(|m| m.is_file))
     }
 
     /// `file:delete`: unlink a file — by moving it aside as a spare inode when nothing reads

@@ -84,6 +84,11 @@ impl Recycler {
         (readers.get(&ino).is_none_or(|h| h.readers == 0)).then_some(readers)
     }
 
+    /// Holds off new readers of any file (while the caller creates one in place).
+    pub(crate) fn hold_readers(&self) -> impl Drop + '_ {
+        self.readers.lock().expect("readers lock")
+    }
+
     /// Opens a file with `open` and counts it as read until the returned handle is dropped.
     pub(crate) fn open_read(
         self: &Arc<Self>,

@@ -30,6 +30,7 @@ use super::snapshot;
 use super::{Change, ChangeFeed, FileStore};
 use crate::error::CommandResult;
 use crate::raft::command::{Command, Commit};
+use crate::raft::log_store::Durable;
 use crate::raft::{storage_io, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Flag file in `sm/` written at a clean shutdown, after all applied files are synced.
@@ -166,7 +167,13 @@ struct Shared {
 /// The state machine handed to openraft.
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// The log's progress to disk: nothing is applied before its entry is durable here (a
+    /// leader's appends do not wait for it; see [`crate::raft::log_store::Durable`]).
+    durable: Option<Durable>,
 }
+
+/// Longest an apply waits for its entries to reach the disk before the node gives up.
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Builds snapshots concurrently with `apply`.
 pub struct SnapshotBuilder {
@@ -229,9 +236,15 @@ impl StateMachine {
         Ok((
             StateMachine {
                 shared: Arc::new(shared),
+                durable: None,
             },
             store,
         ))
+    }
+
+    /// Applies entries only once `durable` says they are on disk in the log.
+    pub(crate) fn wait_for_log(&mut self, durable: Durable) {
+        self.durable = Some(durable);
     }
 
     /// A handle the server uses to record a clean stop, after Raft has stopped applying.
@@ -463,6 +476,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&self.durable, entries.last()) {
+            durable
+                .wait(last.log_id.index, DURABLE_WAIT)
+                .await
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read)(std::io::Error::other(e)))?;
+        }
         self.shared.apply_entries(entries)
     }
 

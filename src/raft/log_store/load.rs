@@ -133,6 +133,7 @@ impl LogFile {
             entries: VecDeque::new(),
             end: 0,
             last_purged,
+            recent: VecDeque::new(),
         }
     }
 }

@@ -97,6 +97,93 @@ async fn log_survives_reopen_with_truncate_and_purge() {
     assert_eq!(got[3], entry(2, 7));
 }
 
+/// Entries read back from memory (the recent ones) are exactly those a fresh open decodes
+/// from the file, across truncations and purges, with the memory bounded.
+#[tokio::test]
+async fn recent_entries_from_memory_match_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path()).unwrap();
+    let n = RECENT_ENTRIES as u64 + 200;
+    append(&mut store, 0..n, 1).await;
+    store.truncate(log_id(1, n - 50)).await.unwrap();
+    append(&mut store, n - 50..n - 20, 2).await;
+    store.purge(log_id(1, n - 300)).await.unwrap();
+    append(&mut store, n - 20..n, 2).await;
+    let kept = store.shared.log.read().unwrap().recent.len();
+    assert!(kept > 0 && kept <= RECENT_ENTRIES, "{kept} entries kept decoded");
+    let mut from_file = LogStore::open(dir.path()).unwrap();
+    assert!(from_file.shared.log.read().unwrap().recent.is_empty());
+    for start in [
+        0,
+        n - 400,
+        n - 300,
+        n - 299,
+        n - kept as u64 - 1,
+        n - kept as u64,
+        n - 51,
+        n - 1,
+        n,
+    ] {
+        for end in [start + 1, start + 30, n, u64::MAX] {
+            let got = store.try_get_log_entries(start..end).await.unwrap();
+            let want = from_file.try_get_log_entries(start..end).await.unwrap();
+            assert_eq!(got, want, "entries {start}..{end}");
+        }
+        let got = store.reader().limited_get_log_entries(start, n).await.unwrap();
+        assert_eq!(
+            got,
+            from_file
+                .reader()
+                .limited_get_log_entries(start, n)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        store.try_get_log_entries(n - 30..n - 29).await.unwrap(),
+        vec![entry(2, n - 30)]
+    );
+}
+
+/// A leader's own appends are reported written before the fsync (it runs while they are
+/// replicated) and the durable index follows; another leader's entries are reported only
+/// once synced, because the follower's answer is its promise. Which is which follows the
+/// saved vote: this node's own, committed, means it leads.
+#[tokio::test]
+async fn only_a_leaders_own_appends_go_ahead_of_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path()).unwrap();
+    let me = 7;
+    store.set_node_id(me).unwrap();
+    let leading = |store: &LogStore| store.shared.leading.load(Ordering::SeqCst);
+    let durable = store.reader().durable();
+    assert_eq!(durable.below(), 0);
+    assert!(!leading(&store));
+    // Not leading: the flusher moves the durable index before it answers.
+    append(&mut store, 0..1, 1).await;
+    assert_eq!(durable.below(), 1);
+    store.save_vote(&Vote::new(2, me)).await.unwrap();
+    assert!(!leading(&store), "a candidate does not lead");
+    store.save_vote(&Vote::new_committed(2, me)).await.unwrap();
+    assert!(leading(&store));
+    append(&mut store, 1..3, 2).await;
+    durable.wait(2, std::time::Duration::from_secs(10)).await.unwrap();
+    // Another node's vote (a new leader): appends wait for the disk again.
+    store.save_vote(&Vote::new_committed(3, me + 1)).await.unwrap();
+    assert!(!leading(&store));
+    store.save_vote(&Vote::new_committed(4, me)).await.unwrap();
+    store.truncate(log_id(2, 2)).await.unwrap();
+    assert_eq!(durable.below(), 2, "a truncation takes back what it cut");
+    drop(store);
+    // A restart reads the vote back once told whose node it is; what the log holds at
+    // open is synced.
+    let store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.reader().durable().below(), 2);
+    assert!(!leading(&store));
+    store.set_node_id(me).unwrap();
+    assert!(leading(&store));
+}
+
 #[tokio::test]
 async fn reads_are_capped_in_bytes_but_never_empty() {
     let dir = tempfile::tempdir().unwrap();
