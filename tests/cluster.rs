@@ -667,14 +667,16 @@ fn lagging_node_catches_up_on_large_files() {
 
 #[test]
 fn a_fatal_storage_error_stops_the_node_and_is_not_a_clean_stop() {
-    let mut c = Cluster::start(1, &["--request-timeout-ms", "2000"]);
+    let flags = ["--request-timeout-ms", "2000", "--chunk-size", "1000"];
+    let mut c = Cluster::start(1, &flags);
     c.wait_leader();
     assert_eq!(c.nodes[0].post("/files/before", b"1").0, 200);
-    // Break the state machine's staging directory: the next apply fails with a local fault.
-    let tmp = c.nodes[0].dir.join("sm/tmp");
-    std::fs::remove_dir_all(&tmp).unwrap();
-    std::fs::write(&tmp, b"not a directory").unwrap();
-    let code = c.nodes[0].post("/files/doomed", b"2").0;
+    // Break the state machine's staging directory for large files: the apply of the next
+    // write's first chunk fails with a local fault.
+    let uploads = c.nodes[0].dir.join("sm/uploads");
+    std::fs::remove_dir_all(&uploads).unwrap();
+    std::fs::write(&uploads, b"not a directory").unwrap();
+    let code = c.nodes[0].post("/files/doomed", &[b'2'; 3000]).0;
     assert_ne!(code, 200, "a write whose apply failed is not acknowledged");
     let exit = wait_for(Duration::from_secs(20), "the node to exit", || {
         c.nodes[0].child.as_mut().unwrap().try_wait().unwrap()
@@ -687,13 +689,20 @@ fn a_fatal_storage_error_stops_the_node_and_is_not_a_clean_stop() {
         "a fatal stop is not a clean stop"
     );
 
-    // Repaired and restarted, it rebuilds from the log: the committed write is applied.
+    // Repaired and restarted, it rebuilds from the log: the committed chunk is applied
+    // (staged), and the write it began, never acknowledged, is not there.
     c.nodes[0].child = None;
-    std::fs::remove_file(&tmp).unwrap();
+    std::fs::remove_file(&uploads).unwrap();
     c.nodes[0].spawn();
     c.wait_leader();
     assert_eq!(c.nodes[0].get("/files/before"), (200, b"1".to_vec()));
-    assert_eq!(c.nodes[0].get("/files/doomed"), (200, b"2".to_vec()));
+    assert_eq!(c.nodes[0].get("/files/doomed").0, 404);
+    let staged: Vec<_> = std::fs::read_dir(&uploads)
+        .unwrap()
+        .flat_map(|upload| std::fs::read_dir(upload.unwrap().path()).unwrap())
+        .map(|piece| piece.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(staged.contains(&"00000000".to_string()), "{staged:?}");
 }
 
 /// Mounts a tmpfs of `size` at `dir` (root only); `false`, with a SKIPPED line, if it cannot.

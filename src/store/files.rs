@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Every change to `files/` is a rename of a complete temp file, an unlink, a mkdir/rmdir or a
-//! rename, or a change to an inode that nothing else can see. So readers always see whole
+//! rename, a change to an inode that nothing else can see, or a new file written in place
+//! while new readers wait. So readers always see whole
 //! versions, and snapshots can hard-link the tree instead of copying it. An overwrite
 //! (`file:write` of an existing file) and a `file:patch` go into the live inode only when no
 //! reader holds it open and no snapshot or backup links it, and new readers wait while they
