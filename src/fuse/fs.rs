@@ -371,16 +371,16 @@ impl Filesystem for RaftFs {
         let shared = &self.shared;
         let _fence = shared.replying();
         let created = shared.child(parent, name).and_then(|path| {
-            let ino = shared
-                .inodes
-                .lock()
-                .expect("inode lock")
-                .ino_avoiding(&path, |n| shared.handles.writer_of(n).is_some());
+            // One hold of the table from the number's choice until its handle is open: the
+            // invalidation of a change applied just before (the removal of an earlier file
+            // of this name) would otherwise find the name numbered but no handle created
+            // for it, and retire the number — and the new file's contents with it.
+            let mut table = shared.inodes.lock().expect("inode lock");
+            let ino = table.ino_avoiding(&path, |n| shared.handles.writer_of(n).is_some());
             let opened = shared
                 .open_writer(ino, &path, true)
                 .map_err(|e| errno(&e))
                 .and_then(|fh| Ok((fh, shared.stat(ino, &path)?)));
-            let mut table = shared.inodes.lock().expect("inode lock");
             match &opened {
                 Ok(_) => table.looked_up(ino, false),
                 Err(_) => table.unused(&path),

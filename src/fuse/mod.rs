@@ -238,15 +238,19 @@ fn invalidate(
 /// Drops what the kernel caches of one changed name.
 fn forget_stale(notifier: &Notifier, shared: &shared::Shared, path: &str) {
     let Some(ino) = shared.known(path) else { return };
-    let now = shared.node.store().stat(path).ok().map(|s| s.is_dir);
-    let told = shared.inodes.lock().expect("inode lock").is_dir(ino);
     let _ = notifier.inval_inode(ino, 0, 0);
-    if now.is_some() && now == told {
-        return;
-    }
-    // Created here and not yet committed: the name lives on this mount (a change to an
-    // earlier file of that name, renamed away before it was created, must not take it).
-    if now.is_none() && shared.handles.created().contains(&ino) {
+    // Still what the kernel was told, or created here and not yet committed (the name
+    // lives on this mount: a change to an earlier file of that name, removed or renamed
+    // away before it was created, must not take it).
+    let current = || {
+        let now = shared.node.store().stat(path).ok().map(|s| s.is_dir);
+        let told = shared.inodes.lock().expect("inode lock").is_dir(ino);
+        match now {
+            Some(_) => now == told,
+            None => shared.handles.created().contains(&ino),
+        }
+    };
+    if current() {
         return;
     }
     // Gone, or now of another kind: the name must be looked up afresh, and under a new
@@ -255,8 +259,14 @@ fn forget_stale(notifier: &Notifier, shared: &shared::Shared, path: &str) {
     if let Some(parent_ino) = shared.known(parent) {
         let _ = notifier.inval_entry(parent_ino, std::ffi::OsStr::new(name));
     }
+    // The kernel may have held that back until an operation in the directory ended — a
+    // new file of this name created meanwhile, perhaps under the same number (numbers come
+    // from the path): look again before retiring the number.
+    if current() {
+        return;
+    }
     let mut table = shared.inodes.lock().expect("inode lock");
-    if table.get(path) == Some(ino) {
+    if table.get(path) == Some(ino) && !shared.handles.created().contains(&ino) {
         table.forget_path(path);
     }
 }
