@@ -89,17 +89,19 @@ impl PeerConn {
 impl RaftNetwork<TypeConfig> for PeerConn {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         debug!(to = %self.addr, term = rpc.vote.leader_id().term, entries = rpc.entries.len(), commit = ?rpc.leader_commit.map(|c| c.index), "send append");
-        // This node's own appends do not wait for its disk (see `log_store::durable`): a
-        // commit index goes out only once it is durable here, and a follower's
-        // acknowledgment of entries counts only once they are durable here too.
+        // This node's own appends do not wait for its disk (see `log_store::durable`): no
+        // commit index beyond its disk goes out (it is held back, not waited for: a read's
+        // round of heartbeats must not wait for an fsync), and a follower's acknowledgment
+        // of entries counts only once they are durable here too.
         let ttl = option.hard_ttl();
         let not_durable = |e| RPCError::Network(NetworkError::new(&e));
-        if let Some(commit) = rpc.leader_commit {
-            self.durable.wait(commit.index, ttl).await.map_err(not_durable)?;
+        let below = self.durable.below();
+        if rpc.leader_commit.is_some_and(|c| c.index >= below) {
+            rpc.leader_commit = rpc.prev_log_id.filter(|p| p.index < below);
         }
         let last = rpc.entries.last().map(|e| e.log_id.index);
         let answer: AppendEntriesResponse<NodeId> = self.call(PeerRoute::Append, &rpc, ttl).await?;
