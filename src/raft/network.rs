@@ -129,3 +129,117 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         self.call(PeerRoute::Vote, &rpc, option.hard_ttl()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::raft::{Entry, LogId};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(2, 1), index)
+    }
+
+    /// A follower that accepts every AppendEntries at once and hands each request it got to
+    /// the test.
+    async fn follower() -> (String, mpsc::UnboundedReceiver<AppendEntriesRequest<TypeConfig>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    let Some(head) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    if request.len() >= head + 4 + len {
+                        break request[head + 4..head + 4 + len].to_vec();
+                    }
+                };
+                tx.send(serde_json::from_slice(&body).unwrap()).unwrap();
+                let answer = br#"{"Ok":"Success"}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                conn.write_all(head.as_bytes()).await.unwrap();
+                conn.write_all(answer).await.unwrap();
+            }
+        });
+        (addr, rx)
+    }
+
+    fn append(prev: u64, entries: std::ops::Range<u64>, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(prev)),
+            entries: entries
+                .map(|i| Entry {
+                    log_id: log_id(i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: Some(log_id(commit)),
+        }
+    }
+
+    /// A leader's own appends are answered before their fsync, so what it sends must make up
+    /// for it: no commit index beyond its disk leaves it, and a follower's acknowledgment of
+    /// entries counts only once the leader holds them on disk too (else a majority of two,
+    /// the leader's page cache and one follower's disk, would commit what a power cut loses).
+    #[tokio::test]
+    async fn a_follower_hears_of_and_acknowledges_only_what_the_leaders_disk_holds() {
+        let (addr, mut got) = follower().await;
+        let durable = Durable::new(3);
+        let generation = durable.generation();
+        let mut conn = Network::new(HttpClient::plain(), durable.clone())
+            .new_client(2, &PeerNode { name: addr })
+            .await;
+        let option = || RPCOption::new(Duration::from_secs(30));
+
+        // Entries 3..6 are written but not yet on disk here; commit says 5.
+        let mut send = tokio::spawn(async move {
+            let answer = conn.append_entries(append(2, 3..6, 5), option()).await;
+            (conn, answer)
+        });
+        let sent = got.recv().await.unwrap();
+        assert_eq!(
+            sent.leader_commit,
+            Some(log_id(2)),
+            "the commit index is held back to what the disk holds"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut send)
+                .await
+                .is_err(),
+            "the follower's acknowledgment is held until the leader's disk holds the entries"
+        );
+        durable.synced(generation, 6);
+        let (mut conn, answer) = send.await.unwrap();
+        assert!(matches!(answer, Ok(AppendEntriesResponse::Success)), "{answer:?}");
+
+        // A heartbeat whose commit index the disk does not hold yet carries none at all
+        // (its previous entry is beyond the disk too), and does not wait.
+        let answer = conn.append_entries(append(7, 8..8, 7), option()).await;
+        assert!(matches!(answer, Ok(AppendEntriesResponse::Success)), "{answer:?}");
+        assert_eq!(got.recv().await.unwrap().leader_commit, None);
+        // Once on disk, the commit index goes out as it is.
+        durable.synced(generation, 8);
+        conn.append_entries(append(7, 8..8, 7), option()).await.unwrap();
+        assert_eq!(got.recv().await.unwrap().leader_commit, Some(log_id(7)));
+    }
+}

@@ -43,7 +43,7 @@ pub(crate) enum NotDurable {
 
 impl Durable {
     /// Every entry below `below` is on disk.
-    pub(super) fn new(below: u64) -> Self {
+    pub(crate) fn new(below: u64) -> Self {
         Durable {
             below: watch::Sender::new(below),
             generation: Default::default(),
@@ -51,12 +51,12 @@ impl Durable {
     }
 
     /// The generation to pass to [`synced`](Self::synced) for an fsync about to begin.
-    pub(super) fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
     /// An fsync that began at `generation` with the entries below `below` written finished.
-    pub(super) fn synced(&self, generation: u64, below: u64) {
+    pub(crate) fn synced(&self, generation: u64, below: u64) {
         if self.generation() == generation {
             self.below.send_if_modified(|b| {
                 let moved = below > *b;
