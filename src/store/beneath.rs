@@ -209,6 +209,12 @@ impl Beneath {
         Ok(meta(&rfs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?))
     }
 
+    /// `name`'s directory, resolved once for several operations on `name`.
+    pub fn at<'a>(&self, name: &'a str) -> io::Result<At<'a>> {
+        let (dir, base) = self.parent(name)?;
+        Ok(At { dir, base })
+    }
+
     /// `name`'s directory, resolved once for several operations on `name`; missing
     /// directories above it are created first (as [`make_parents`](Self::make_parents)).
     pub fn at_made<'a>(&self, name: &'a str) -> io::Result<At<'a>> {

@@ -94,6 +94,19 @@ fn settle(name: &str, r: io::Result<()>) -> Applied {
     }
 }
 
+/// Makes `file`, which held `old_len` bytes, hold exactly `data`, both its times `mtime`. It
+/// is written over and cut only where it was longer, never truncated to zero first: on ext4
+/// a truncate to zero makes the close start writeback at once (the "replace via truncate"
+/// heuristic), and on a filesystem mounted with `discard` the freed blocks are discarded
+/// synchronously — together the largest cost of an overwrite in a profile.
+fn rewrite(file: &File, data: &[u8], old_len: u64, mtime: u64) -> io::Result<()> {
+    file.write_all_at(data, 0)?;
+    if old_len > data.len() as u64 {
+        file.set_len(data.len() as u64)?;
+    }
+    file.set_times(file_times(mtime, mtime))
+}
+
 /// Refuses a name that breaks the naming rules, as the deterministic outcome every replica
 /// reaches: names are checked where commands are applied, not only where requests enter,
 /// because a command can also arrive through peer RPC, a snapshot or the log file itself.
@@ -286,6 +299,7 @@ impl Tree {
 
     /// Applies a layout and `write` to `name`: in the live inode when nothing else can see it
     /// (see the module notes), else to a sparse copy swapped in; a missing file is created.
+    /// The name's directory is resolved once for all the steps, as in [`write`](Self::write).
     fn patch_with(
         &self,
         name: &str,
@@ -295,15 +309,16 @@ impl Tree {
         existing: bool,
         write: impl FnOnce(&File) -> io::Result<()>,
     ) -> Applied {
-        let current = match self.files.stat(name) {
-            Ok(m) if m.is_dir => return Ok(Err(FileError::IsADirectory(name.to_string()))),
-            Ok(m) if !m.is_file => return Ok(Err(FileError::Invalid(name.to_string()))),
-            Ok(m) => Some(m),
+        let found = self.files.at(name).and_then(|at| Ok((at.stat()?, at)));
+        let current = match found {
+            Ok((m, _)) if m.is_dir => return Ok(Err(FileError::IsADirectory(name.to_string()))),
+            Ok((m, _)) if !m.is_file => return Ok(Err(FileError::Invalid(name.to_string()))),
+            Ok(found) => Some(found),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return outcome(name, e).map(Err),
         };
         // A patch keeps the access time (a new file's is its modification time).
-        let atime = current.as_ref().map_or(mtime, |m| m.atime);
+        let atime = current.as_ref().map_or(mtime, |(m, _)| m.atime);
         let shaped = |file: &File| -> io::Result<()> {
             shape(file, layout)?;
             write(file)?;
@@ -324,20 +339,19 @@ impl Tree {
                 shaped(&scratch()?)?;
                 self.install_timed(&temp, name)
             }
-            Some(meta) => {
-                let live = self.files.open_rw(name)?;
-                let ino = std::os::unix::fs::MetadataExt::ino(&live.metadata()?);
+            Some((meta, at)) => {
                 if meta.nlink == 1 {
-                    if let Some(_no_new_readers) = self.recycler.exclusive(ino) {
-                        shaped(&live)?;
+                    if let Some(_no_new_readers) = self.recycler.exclusive(meta.ino) {
+                        shaped(&at.open_rw()?)?;
                         return Ok(Ok(()));
                     }
                 }
                 let copy = scratch()?;
+                let live = at.open_rw()?;
                 super::sparse::copy(&live, &copy, layout.cut.unwrap_or(u64::MAX).min(meta.size))?;
                 shaped(&copy)?;
                 drop(copy);
-                self.install_timed(&temp, name)
+                self.install_at(&at, name, &temp, true)
             }
         }
     }
@@ -353,65 +367,43 @@ impl Tree {
             Err(e) => return parent_outcome(name, e).map(Err),
         };
         let current = at.stat();
-        let len = data.0.len() as u64;
-        let mut spare = None;
-        match &current {
-            // An overwrite of a file nothing else can see (no reader holds it, no snapshot or
-            // backup links it) goes into the live inode, new readers waiting meanwhile: no
-            // temp file and no rename, the largest costs of an overwrite once writes come
-            // in batches. It is written over and cut only where it was longer, never
-            // truncated to zero first (see below).
-            Ok(m) if m.is_file && m.nlink == 1 => {
+        // An overwrite of a file nothing else can see (no reader holds it, no snapshot or
+        // backup links it) goes into the live inode, new readers waiting meanwhile: no temp
+        // file and no rename, the largest costs of an overwrite once writes come in batches.
+        if let Ok(m) = &current {
+            if m.is_file && m.nlink == 1 {
                 if let Some(_no_new_readers) = self.recycler.exclusive(m.ino) {
-                    let live = at.open_rw()?;
-                    live.write_all_at(&data.0, 0)?;
-                    if m.size > len {
-                        live.set_len(len)?;
-                    }
-                    live.set_times(file_times(mtime, mtime))?;
+                    rewrite(&at.open_rw()?, &data.0, m.size, mtime)?;
                     return Ok(Ok(()));
                 }
             }
-            // A new file is created in place, new readers waiting until it is whole — unless
-            // a spare inode can be reused: allocating one right after many were freed is
-            // what costs most on ext4 (see [`super::recycle`]).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                spare = self.recycler.take();
-                if spare.is_none() {
-                    let _no_new_readers = self.recycler.hold_readers();
-                    let file = at.create_new()?;
-                    file.write_all_at(&data.0, 0)?;
-                    file.set_times(file_times(mtime, mtime))?;
-                    return Ok(Ok(()));
-                }
-            }
-            _ => {}
         }
-        // Otherwise the new version is built aside, in one open: the contents and the time
-        // on the same descriptor, into a spare inode when there is one. A spare is written
-        // over in place and cut only where it was longer, never truncated to zero first: on
-        // ext4 a truncate to zero makes the close start writeback at once (the "replace via
-        // truncate" heuristic), and on a filesystem mounted with `discard` the freed blocks
-        // are discarded synchronously — together the largest cost of an overwrite in a
-        // profile.
-        let (file, temp) = match spare.or_else(|| self.recycler.take()) {
+        // A new file is created in place, new readers waiting until it is whole — unless a
+        // spare inode can be reused: allocating one right after many were freed is what
+        // costs most on ext4 (see [`super::recycle`]).
+        let spare = self.recycler.take();
+        let missing = current
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+        if missing && spare.is_none() {
+            let _no_new_readers = self.recycler.hold_readers();
+            rewrite(&at.create_new()?, &data.0, 0, mtime)?;
+            return Ok(Ok(()));
+        }
+        // Otherwise the new version is built aside, into a spare inode when there is one,
+        // and swapped in.
+        let temp = match spare {
             Some(spare) => {
                 let file = File::options().write(true).open(&spare)?;
-                file.write_all_at(&data.0, 0)?;
-                if file.metadata()?.len() > len {
-                    file.set_len(len)?;
-                }
-                (file, spare)
+                rewrite(&file, &data.0, file.metadata()?.len(), mtime)?;
+                spare
             }
             None => {
                 let temp = self.temp(tag);
-                let mut file = File::create(&temp)?;
-                io::Write::write_all(&mut file, &data.0)?;
-                (file, temp)
+                rewrite(&File::create(&temp)?, &data.0, 0, mtime)?;
+                temp
             }
         };
-        file.set_times(file_times(mtime, mtime))?;
-        drop(file);
         self.install_at(&at, name, &temp, current.is_ok_and(|m| m.is_file))
     }
 
