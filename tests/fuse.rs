@@ -1107,6 +1107,21 @@ fn open_files_outlive_their_names_and_never_come_back() {
     writer.sync_all().unwrap();
     drop(writer);
 
+    // Open only for reading, unlinked: fstat answers from the reader (pjdfstest unlink/14).
+    std::fs::write(m.join("read-only"), b"only read").unwrap();
+    let mut lone = std::fs::File::open(m.join("read-only")).unwrap();
+    std::fs::remove_file(m.join("read-only")).unwrap();
+    let meta = lone.metadata().unwrap();
+    assert_eq!(
+        (meta.nlink(), meta.len()),
+        (0, 9),
+        "fstat of a lone reader after unlink"
+    );
+    let mut text = String::new();
+    lone.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "only read");
+    drop(lone);
+
     // Created and renamed while open: its later writes land under the new name.
     let mut moved = rw(&m.join("draft"), true);
     moved.write_all(b"first ").unwrap();

@@ -338,7 +338,7 @@ impl Filesystem for RaftFs {
                     return shared.open_writer(ino, &path, truncate);
                 }
                 let file = shared.node.store().open_file(&path)?;
-                Ok(shared.handles.insert(Handle::Read(file)).0)
+                Ok(shared.handles.insert(Handle::Read(ino, file)).0)
             }
             .await;
             // A reader keeps the version it opened, but the kernel keeps one size per inode

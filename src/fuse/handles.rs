@@ -22,8 +22,9 @@ use crate::store::sparse;
 
 /// One open file.
 pub(crate) enum Handle {
-    /// Opened for reading.
-    Read(ReadFile),
+    /// Opened for reading `ino` (the number kept so that `fstat` still answers once the file
+    /// is unlinked).
+    Read(u64, ReadFile),
     /// Opened for writing.
     Write(Writer),
 }
@@ -314,7 +315,7 @@ impl Handle {
     /// Reads what the handle sees at `offset` (its own writes over the committed file).
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
-            Handle::Read(file) => read_full_at(file, buf, offset),
+            Handle::Read(_, file) => read_full_at(file, buf, offset),
             Handle::Write(w) => w.read_at(buf, offset),
         }
     }
@@ -323,7 +324,7 @@ impl Handle {
     pub(crate) fn seen(&self) -> Option<Seen> {
         use std::os::unix::fs::MetadataExt;
         match self {
-            Handle::Read(file) => file.metadata().ok().map(|m| Seen {
+            Handle::Read(_, file) => file.metadata().ok().map(|m| Seen {
                 size: m.len(),
                 blocks: m.blocks(),
                 mtime: m.modified().ok(),
@@ -347,8 +348,8 @@ impl Handle {
     /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `at`; `None` past the end.
     pub(crate) fn seek(&self, at: u64, data: bool) -> io::Result<Option<u64>> {
         match self {
-            Handle::Read(file) if data => sparse::next_data(file, at),
-            Handle::Read(file) => sparse::next_hole(file, at),
+            Handle::Read(_, file) if data => sparse::next_data(file, at),
+            Handle::Read(_, file) => sparse::next_hole(file, at),
             Handle::Write(w) => w.seek(at, data),
         }
     }
@@ -362,7 +363,7 @@ impl Handle {
     pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => w.write_at(data, offset).map_err(os_err),
-            Handle::Read(_) => Err(libc::EBADF),
+            Handle::Read(..) => Err(libc::EBADF),
         }
     }
 
@@ -373,7 +374,7 @@ impl Handle {
                 let end = w.size;
                 w.write_at(data, end).map_err(os_err)
             }
-            Handle::Read(_) => Err(libc::EBADF),
+            Handle::Read(..) => Err(libc::EBADF),
         }
     }
 
@@ -381,7 +382,7 @@ impl Handle {
     pub(crate) fn resize(&mut self, size: u64) -> Result<(), libc::c_int> {
         match self {
             Handle::Write(w) => w.resize(size).map_err(os_err),
-            Handle::Read(_) => Err(libc::EBADF),
+            Handle::Read(..) => Err(libc::EBADF),
         }
     }
 
@@ -592,6 +593,17 @@ impl Handles {
         self.table().values().find_map(|h| match &*lock(h) {
             handle @ Handle::Write(w) if w.ino == ino => handle.seen(),
             _ => None,
+        })
+    }
+
+    /// `ino` as a handle open on it sees it, its writer's view first: what `fstat` shows of
+    /// a file unlinked while open.
+    pub(crate) fn open_view(&self, ino: u64) -> Option<Seen> {
+        self.writing(ino).or_else(|| {
+            self.table().values().find_map(|h| match &*lock(h) {
+                handle @ Handle::Read(i, _) if *i == ino => handle.seen(),
+                _ => None,
+            })
         })
     }
 

@@ -107,7 +107,7 @@ impl Shared {
         let seen = fh
             .and_then(|fh| self.handles.get(fh))
             .and_then(|h| locked(&h).seen())
-            .or_else(|| self.handles.writing(ino))?;
+            .or_else(|| self.handles.open_view(ino))?;
         Some(attr(ino, &stat_of(seen, 0), self.uid, self.gid))
     }
 
