@@ -145,8 +145,11 @@ pub async fn launch(
     tokio::spawn(crate::raft::elections::campaign_after_lease(
         running.raft.clone(),
         node.leader_contact().clone(),
-        config.leader_lease(),
-        config.election_timeout / 2,
+        crate::raft::elections::Timing {
+            lease: config.leader_lease(),
+            spread: config.election_timeout / 2,
+            probe_after: config.read_lease() + config.heartbeat,
+        },
     ));
     tokio::spawn(crate::raft::compaction::snapshot_policy(
         running.raft.clone(),

@@ -174,6 +174,35 @@ fn linearizable_reads_see_every_acknowledged_write() {
     assert!(c.nodes[followers[0]].logs().contains("recv append"));
 }
 
+/// A survivor that finds nothing listening at its dead leader's address campaigns at once,
+/// instead of waiting out openraft's leader lease (twice the election timeout, during which
+/// no vote is granted): with a 2 s election timeout the lease is 4 s, and the new leader
+/// comes well before it.
+#[test]
+fn a_dead_leader_is_replaced_before_its_lease_runs_out() {
+    let lease = Duration::from_secs(4);
+    let started = Instant::now();
+    let mut c = Cluster::start(3, &["-v", "--election-timeout-ms", "2000"]);
+    let old = c.wait_leader();
+    assert_eq!(c.nodes[old].post("/files/before", b"1").0, 200);
+    // A node refuses votes for one lease after it starts (it cannot know when it last heard
+    // from a leader): only then is a survivor free to vote early.
+    std::thread::sleep(lease.saturating_sub(started.elapsed()));
+    c.nodes[old].kill();
+    let killed_at = Instant::now();
+    let new = c.wait_leader();
+    let took = killed_at.elapsed();
+    assert_ne!(new, old);
+    if took >= lease - Duration::from_millis(500) {
+        for n in &c.nodes {
+            eprintln!("==== {}\n{}", n.name, n.logs());
+        }
+        panic!("a new leader only after {took:?}: the {lease:?} lease was waited out");
+    }
+    eprintln!("a new leader after {took:?}");
+    assert_eq!(c.nodes[new].post("/files/after", b"2").0, 200);
+}
+
 #[test]
 fn killed_leader_is_replaced_and_catches_up() {
     let mut c = Cluster::start(3, &["-v"]);
@@ -184,9 +213,9 @@ fn killed_leader_is_replaced_and_catches_up() {
     let new = c.wait_leader();
     let failover = killed_at.elapsed();
     assert_ne!(new, old);
-    // openraft: a follower waits out the leader lease (election timeout max, 600 ms) plus a
-    // randomized election timeout (300-600 ms) before campaigning; typically ~1 s here. A
-    // candidate with the shorter log loses and waits longer, and the tests share 2 cores.
+    // The survivors find nothing listening at the leader's address and campaign (about
+    // 0.3 s here); a candidate with the shorter log loses and the next round comes a moment
+    // later, and the tests share 2 cores.
     if failover >= Duration::from_secs(6) {
         for n in &c.nodes {
             eprintln!("==== {}\n{}", n.name, n.logs());
