@@ -4,18 +4,20 @@
 //! openraft 0.9 gives the leader a lease it does not use for reads: a voter that accepted a
 //! message from the leader refuses every vote for the leader lease (the maximum election
 //! timeout) after it arrived (`leader_lease.md` in openraft's docs). So if a majority accepted
-//! messages the leader sent after instant `t`, no other leader can be elected before
-//! `t + lease` by that majority's clocks, and every entry committed until then is in this
-//! leader's log. Two events tell us such a `t`: a read-index round (its heartbeats were sent
-//! after the round began) and a committed proposal (its entry was sent after it was
-//! proposed). Until `t + window` — a quarter of the lease, leaving three quarters for clock
-//! rate differences and scheduling delays — the leader's last log index is a valid read
-//! index: it covers everything committed anywhere, and waiting until it is applied makes the
-//! read linearizable, as etcd's lease-based reads are. Once the leader has applied an entry of
-//! its own term, its applied index is valid too (and needs no wait): every write is answered
-//! only after the leader of its term applied it, and whatever earlier terms committed comes
-//! before this term's first entry — provided the leader has applied its log as it was when
-//! the process started (one restarted in its term rebuilt its files from a snapshot).
+//! messages the leader sent after instant `t`, no other leader can be elected before `t +
+//! lease` by that majority's clocks, and every entry committed until then is in this leader's
+//! log. (Survivors that find the leader's process gone campaign sooner, but only after `t +
+//! window` and a heartbeat: see [`crate::raft::elections`].) Two events tell us such a `t`: a
+//! read-index round (its heartbeats were sent after the round began) and a committed proposal
+//! (its entry was sent after it was proposed). Until `t + window` — a quarter of the lease,
+//! leaving three quarters for clock rate differences and scheduling delays — the leader's last
+//! log index is a valid read index: it covers everything committed anywhere, and waiting until
+//! it is applied makes the read linearizable, as etcd's lease-based reads are. Once the leader
+//! has applied an entry of its own term, its applied index is valid too (and needs no wait):
+//! every write is answered only after the leader of its term applied it, and whatever earlier
+//! terms committed comes before this term's first entry — provided the leader has applied its
+//! log as it was when the process started (one restarted in its term rebuilt its files from a
+//! snapshot).
 //!
 //! The lease is per term: a new term needs its own acknowledgement. A voter that restarts
 //! forgets when it last heard from the leader and could vote at once; so a starting node
