@@ -68,6 +68,13 @@ pub(crate) async fn append(
         entries = req.entries.len(),
         "recv append"
     );
+    // The leader is heard from when its message arrives, not once its entries are on this
+    // node's disk: counted only after the append, an fsync slowed by a snapshot's writeback
+    // looked like a silent leader, and this node campaigned against a live one.
+    let current = node.raft().metrics().borrow().vote;
+    if req.vote.is_committed() && req.vote >= current {
+        node.leader_contact().touch();
+    }
     let answer = node.raft().append_entries(req).await;
     if matches!(
         answer,
