@@ -82,3 +82,15 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Resu
         Err(e) => Err(at(path, "read")(e)),
     }
 }
+
+/// Hands memory the allocator holds free back to the system. After a snapshot of a large,
+/// busy tree, the paths noted while it was linked (hundreds of thousands) are freed, but
+/// glibc keeps such memory in its free lists: a node's RSS then stayed at its peak (77 MiB
+/// against 50–58 MiB on the other nodes, after 1,000,000 writes).
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused memory of the allocator's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

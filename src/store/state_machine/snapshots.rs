@@ -64,6 +64,7 @@ impl Shared {
             .snapshot_build_bytes
             .observe(fs::metadata(&path).map_or(0, |m| m.len()) as f64);
         self.publish(header.meta.clone(), path.clone())?;
+        fsutil::release_free_memory();
         Ok((header.meta, path))
     }
 
