@@ -18,8 +18,9 @@ use tracing::debug;
 
 use super::{NodeId, Raft};
 
-/// When this node last heard from a leader (an AppendEntries it accepted), shared between
-/// the peer route that records it and the task that acts on its absence.
+/// When this node last heard from a leader (an AppendEntries of the current leader, as it
+/// arrives), shared between the peer route that records it and the task that acts on its
+/// absence.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LeaderContact(Arc<AtomicU64>);
 
