@@ -989,9 +989,6 @@ fn a_randomized_exerciser_agrees_with_a_model_on_every_node() {
     );
 }
 
-/// POSIX lifetimes: a file created and not yet closed is listed, removable and renamable; an
-/// open file survives `unlink` (`fstat` shows no links, reads see its data) and its later
-/// writes never bring it back.
 /// What `tar x` does over files that exist: `open(O_EXCL)` fails, so it removes the file
 /// and creates it again at once. The new file's contents must be committed, through the
 /// leader's mount and a follower's (the removal's invalidation, held back by the kernel
@@ -1047,6 +1044,9 @@ fn a_file_removed_and_created_again_at_once_keeps_its_new_contents() {
     }
 }
 
+/// POSIX lifetimes: a file created and not yet closed is listed, removable and renamable; an
+/// open file survives `unlink` (`fstat` shows no links, reads see its data) and its later
+/// writes never bring it back.
 #[test]
 fn open_files_outlive_their_names_and_never_come_back() {
     use std::io::{Read, Seek, Write};

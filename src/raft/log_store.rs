@@ -71,7 +71,6 @@ struct Shared {
     /// Whether the saved vote is this node's own, committed: it leads, and every entry
     /// appended is its own (another leader's entries come only after its vote is saved).
     leading: AtomicBool,
-
     /// Highest committed index + 1 (0 = nothing committed yet), for `/status`.
     committed: Arc<AtomicU64>,
 }
