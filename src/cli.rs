@@ -396,6 +396,12 @@ pub struct Cli {
     /// flat as the tree grows); each node draws its own threshold in [½, 1) of this.
     #[arg(long, env = "RAFTD_SNAPSHOT_EVERY", default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
+
+    /// Threads running the node's network and Raft tasks (file I/O, fsync and the FUSE mount
+    /// have threads of their own). One is fastest on small machines: a write's tasks then
+    /// hand work to each other without waking another thread.
+    #[arg(long, env = "RAFTD_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
 }
 
 impl Cli {

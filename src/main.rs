@@ -25,8 +25,11 @@ fn main() -> ExitCode {
 
 fn run_node(cli: raftd::cli::Cli) -> raftd::Result<()> {
     raftd::logging::init(cli.log_format, cli.verbose);
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| raftd::Error::io("start the async runtime", e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads.into())
+        .enable_all()
+        .build()
+        .map_err(|e| raftd::Error::io("start the async runtime", e))?;
     let (config, identity, start) = raftd::identity::resolve(cli, &mut raftd::identity::Terminal)?;
     raftd::logging::set_node(&identity.name);
     runtime.block_on(raftd::server::run(config, identity, start, shutdown_signal()))

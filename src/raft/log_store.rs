@@ -366,8 +366,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Kept in memory for /status only: the state machine's own applied marker is durable,
-        // and openraft re-learns the commit index from the leader after a restart.
+        // Kept in memory for /status only: a restart resumes from the state machine's marker
+        // (clean stop) or its snapshot (crash), and openraft re-learns the commit index from
+        // the leader.
         let value = committed.map(|c| c.index + 1).unwrap_or(0);
         self.shared.committed.store(value, Ordering::Relaxed);
         Ok(())

@@ -1,8 +1,10 @@
 //! openraft's state machine: committed entries become changes to the file tree.
 //!
-//! Applying is deterministic (commands carry everything that varies), and the applied marker
-//! (`sm/applied`) is updated after every batch, without fsync: durability comes from the log.
-//! A clean shutdown syncs the files and leaves a flag (`sm/clean`); a start without that flag
+//! Applying is deterministic (commands carry everything that varies); durability comes from the
+//! log. The applied marker (`sm/applied`, the last applied log id and membership) is written
+//! when a run stops cleanly and when a snapshot is installed, not per apply: only a clean
+//! start trusts it. A clean shutdown saves it, syncs the files and leaves a flag (`sm/clean`);
+//! a start without that flag
 //! (kill -9, power failure) does not trust the files — which may be ahead of or behind the
 //! marker — and rebuilds them from the newest snapshot, after which openraft re-applies the
 //! log. So a crash can never leave a replica that silently differs from the others.
@@ -350,12 +352,9 @@ impl Shared {
             results.extend(result);
             outcomes.push(std::mem::take(&mut results));
         }
-        // Once per batch: the marker is trusted only after a clean stop (a crash rebuilds from
-        // the snapshot and the log), so it need not move with every entry.
+        // The marker on disk is trusted only after a clean stop (a crash rebuilds from the
+        // snapshot and the log), so it is saved then, not with every batch.
         if let Some(last) = state.marker.last_applied {
-            state
-                .save_marker()
-                .map_err(io_err(ErrorSubject::Apply(last), ErrorVerb::Write))?;
             self.applied_index.store(last.index, Ordering::Release);
         }
         events.apply_seconds.observe(crate::metrics::since(started));
@@ -416,7 +415,8 @@ impl Shared {
 
     /// Makes everything applied durable, then records that this run stopped cleanly.
     fn mark_clean(&self) -> std::io::Result<()> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.save_marker()?;
         let table = serde_json::to_vec(&state.dedup.save())?;
         crate::fsutil::write_atomic(&self.sm_dir.join(DEDUP_FILE), &table)?;
         let dir = File::open(&self.sm_dir)?;
