@@ -14,6 +14,8 @@
 # across runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 REPS=${REPS:-3}
 SECS=${SECONDS_PER_RUN:-8}
@@ -57,13 +59,6 @@ start_raftd() {
   done
   wait_until "[ \$(curl -s localhost:47101/status | grep -o 'localhost:4710[0-9]' | sort -u | wc -l) = 3 ]"
 }
-wait_until() {
-  local deadline=$((SECONDS + 60))
-  until eval "$1"; do
-    [ $SECONDS -lt $deadline ] || { echo "timed out: $1" >&2; exit 1; }
-    sleep 0.2
-  done
-}
 etcd_pids=(); raftd_pids=()
 
 # Server CPU (user+system clock ticks) of a set of processes.
@@ -101,7 +96,6 @@ raftd_node() { # leader|follower
 }
 
 field() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p"; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 start_etcd
 start_raftd

@@ -236,19 +236,21 @@ fn tree_size(root: &Path) -> (u64, u64) {
 pub(crate) async fn watch(node: Arc<Node>) {
     tokio::spawn(learn_floor(node.clone()));
     let mut metrics = node.raft.metrics();
-    let mut leader = metrics.borrow().current_leader;
+    // From no leader: the first leader this node learns of is a change too, whether it was
+    // elected before or after this task first ran.
+    let mut leader = None;
     loop {
-        if metrics.changed().await.is_err() {
-            return;
-        }
         let (now, term) = {
-            let m = metrics.borrow();
+            let m = metrics.borrow_and_update();
             (m.current_leader, m.current_term)
         };
         crate::logging::set_term(term);
         if now != leader {
             metrics::events().leader_changes.inc();
             leader = now;
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
