@@ -1451,6 +1451,75 @@ fn the_mount_answers_system_calls_as_posix_says() {
 
 /// The inode table holds what the kernel caches, not every name ever seen: after the kernel
 /// drops its caches (and forgets the inodes), the table shrinks back.
+/// What `tar` does to every file it unpacks: contents, then the archive's mtime, owner and
+/// mode set through the still-open descriptor, then close. The mtime travels with the close's
+/// commit to every node; an owner or mode the file already has is accepted, another refused.
+#[test]
+fn times_owners_and_modes_set_through_an_open_file_travel_with_its_close() {
+    use std::os::unix::fs::MetadataExt;
+    if !fuse_available() {
+        return;
+    }
+    let (c, mounts) = mounted_cluster(&[]);
+    let root = &mounts[1];
+    let path = cpath(root, "unpacked");
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o644,
+        )
+    };
+    sys(fd).unwrap();
+    assert_eq!(unsafe { libc::write(fd, b"abc".as_ptr().cast(), 3) }, 3);
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let mtime = libc::timespec {
+        tv_sec: 1_300_000_000,
+        tv_nsec: 9,
+    };
+    sys(unsafe { libc::futimens(fd, [omit, mtime].as_ptr()) }).unwrap();
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    sys(unsafe { libc::fstat(fd, &mut st) }).unwrap();
+    assert_eq!((st.st_mtime, st.st_mtime_nsec, st.st_size), (1_300_000_000, 9, 3));
+    sys(unsafe { libc::fchown(fd, st.st_uid, st.st_gid) }).unwrap();
+    sys(unsafe { libc::fchmod(fd, st.st_mode & 0o7777) }).unwrap();
+    assert_eq!(sys(unsafe { libc::fchmod(fd, 0o600) }), Err(libc::EPERM));
+    assert_eq!(
+        sys(unsafe { libc::fchown(fd, st.st_uid + 1, st.st_gid) }),
+        Err(libc::EPERM)
+    );
+    sys(unsafe { libc::close(fd) }).unwrap();
+    for (i, m) in mounts.iter().enumerate() {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the file on {}", c.nodes[i].name),
+            || {
+                let meta = std::fs::metadata(m.join("unpacked")).ok()?;
+                ((meta.mtime(), meta.mtime_nsec(), meta.len()) == (1_300_000_000, 9, 3)).then_some(())
+            },
+        );
+        assert_eq!(std::fs::read(m.join("unpacked")).unwrap(), b"abc");
+    }
+    // A write after the time was set moves it again, as on a local disk.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND) };
+    sys(fd).unwrap();
+    sys(unsafe { libc::futimens(fd, [omit, mtime].as_ptr()) }).unwrap();
+    assert_eq!(unsafe { libc::write(fd, b"d".as_ptr().cast(), 1) }, 1);
+    sys(unsafe { libc::close(fd) }).unwrap();
+    let recent = |m: &Path| std::fs::metadata(m.join("unpacked")).unwrap().mtime() > 1_700_000_000;
+    for (i, m) in mounts.iter().enumerate() {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the write on {}", c.nodes[i].name),
+            || (std::fs::read(m.join("unpacked")).unwrap() == b"abcd").then_some(()),
+        );
+        assert!(recent(m), "{}: the write's own time", c.nodes[i].name);
+    }
+}
+
 #[test]
 fn the_inode_table_shrinks_when_the_kernel_forgets() {
     if !fuse_available() {

@@ -75,9 +75,12 @@ fn os_err(e: io::Error) -> libc::c_int {
 }
 
 impl Writer {
+    /// Contents changed: a time set before (utimes) gives way to the time of the commit, as
+    /// a write after `futimens` moves a local file's mtime.
     fn changed(&mut self) {
         self.dirty = true;
         self.version += 1;
+        self.mtime = None;
     }
 
     /// Moves the buffer to disk before it holds bytes at or past `end`, if they would lie
@@ -337,7 +340,7 @@ impl Handle {
             Handle::Write(w) => Some(Seen {
                 size: w.size,
                 blocks: w.blocks(),
-                mtime: None,
+                mtime: w.mtime.map(crate::store::files::time_from_nanos),
                 atime: None,
                 ctime: None,
                 committed: w.existed,

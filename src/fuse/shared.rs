@@ -90,6 +90,8 @@ impl Shared {
             (Ok(mut s), Some(seen)) => {
                 s.size = seen.size;
                 s.blocks = seen.blocks;
+                // A time set while contents are pending shows before the commit carries it.
+                s.mtime = seen.mtime.unwrap_or(s.mtime);
                 s
             }
             (Ok(s), None) => s,
@@ -173,24 +175,31 @@ impl Shared {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> Result<()> {
-        let when = |t| {
-            nanos(match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => SystemTime::now(),
-            })
-        };
-        let (atime, mtime) = (atime.map(when), mtime.map(when));
-        if let Some(writer) = open_writer {
-            if atime.is_some() {
-                self.commit(writer).await?;
-            } else if mtime.is_some_and(|m| locked(writer).set_pending_mtime(m)) {
-                return Ok(());
-            }
-        }
-        if atime.is_none() && mtime.is_none() {
+        if self.times_settled_here(open_writer, atime, mtime) {
             return Ok(());
         }
-        self.node.touch(path, mtime, atime).await
+        if let (Some(writer), Some(_)) = (open_writer, atime) {
+            self.commit(writer).await?;
+        }
+        self.node
+            .touch(path, mtime.map(time_of), atime.map(time_of))
+            .await
+    }
+
+    /// Whether a change of times needs nothing replicated: none was asked for, or only an
+    /// mtime for a file open for writing, now recorded in the handle to travel with its
+    /// commit. (`tar` sets both on every file it unpacks, before closing it.)
+    pub(super) fn times_settled_here(
+        &self,
+        open_writer: Option<&handles::Shared>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> bool {
+        match (atime, mtime, open_writer) {
+            (None, None, _) => true,
+            (None, Some(t), Some(writer)) => locked(writer).set_pending_mtime(time_of(t)),
+            _ => false,
+        }
     }
 
     /// The attributes of `path` for an entry reply, counting the lookup the kernel will
@@ -322,10 +331,18 @@ fn stat_of(seen: handles::Seen, links: u64) -> Stat {
         size: seen.size,
         mtime,
         atime: seen.atime.unwrap_or(mtime),
-        ctime: seen.ctime.unwrap_or(mtime),
+        ctime: seen.ctime.unwrap_or_else(SystemTime::now),
         links,
         blocks: seen.blocks,
     }
+}
+
+/// A time a caller set, in nanoseconds since the epoch.
+fn time_of(t: TimeOrNow) -> u64 {
+    nanos(match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    })
 }
 
 pub(super) fn nanos(t: SystemTime) -> u64 {
