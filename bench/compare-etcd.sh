@@ -33,8 +33,9 @@ if ! command -v etcd >/dev/null; then
   echo "installing Debian's etcd-server…" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
 fi
-cargo build --release --quiet
-raftd=$PWD/target/release/raftd
+# RAFTD=path/to/raftd runs another build (to compare two in one sitting).
+if [ -z "${RAFTD:-}" ]; then cargo build --release --quiet; fi
+raftd=${RAFTD:-$PWD/target/release/raftd}
 
 # Ports: raftd 47101-47103; etcd clients 47201-47203, peers 47301-47303.
 start_etcd() {

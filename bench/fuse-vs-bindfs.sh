@@ -33,8 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}…" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release --quiet
-raftd=$PWD/target/release/raftd
+# RAFTD=path/to/raftd runs another build (to compare two in one sitting).
+if [ -z "${RAFTD:-}" ]; then cargo build --release --quiet; fi
+raftd=${RAFTD:-$PWD/target/release/raftd}
 
 work=$(mktemp -d /tmp/raftd-vs-bindfs.XXXXXX)
 pids=()

@@ -110,7 +110,8 @@ impl Filesystem for RaftFs {
             Ok(attr) => reply.entry(&TTL, &attr, 0),
             // Absent here may mean "not applied here yet": a name created elsewhere before
             // this lookup began must be found (close-to-open), so ask the leader first.
-            Err(libc::ENOENT) if !self.shared.stale_reads => {
+            // On a leader whose files are current, absent here is absent.
+            Err(libc::ENOENT) if !self.shared.stale_reads && !self.shared.current_here() => {
                 let shared = self.shared.clone();
                 self.later(async move {
                     let barrier = shared.node.read_barrier().await;
@@ -336,6 +337,29 @@ impl Filesystem for RaftFs {
         };
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
+        let open = move |shared: &Shared| -> Result<u64> {
+            if writing {
+                return shared.open_writer(ino, &path, truncate);
+            }
+            let file = shared.node.store().open_file(&path)?;
+            Ok(shared.handles.insert(Handle::Read(ino, file)).0)
+        };
+        // A reader keeps the version it opened, but the kernel keeps one size per inode and
+        // cuts cached reads at it: once it learns a newer, shorter size, a page-cached read of
+        // the older version would come back truncated. Direct I/O hands every read of this
+        // handle to us, whole (private mappings still work).
+        let flags = if writing {
+            0
+        } else {
+            fuser::consts::FOPEN_DIRECT_IO
+        };
+        let answer = move |opened: Result<u64>, reply: ReplyOpen| match opened {
+            Ok(fh) => reply.opened(fh, flags),
+            Err(e) => failed("open", reply).error(errno(&e)),
+        };
+        if shared.current_here() {
+            return answer(open(&shared), reply);
+        }
         self.later(async move {
             let opened = async {
                 if !shared.stale_reads {
@@ -343,26 +367,10 @@ impl Filesystem for RaftFs {
                 }
                 // The kernel's cached size and pages must be as new as what this opens.
                 shared.settled().await;
-                if writing {
-                    return shared.open_writer(ino, &path, truncate);
-                }
-                let file = shared.node.store().open_file(&path)?;
-                Ok(shared.handles.insert(Handle::Read(ino, file)).0)
+                open(&shared)
             }
             .await;
-            // A reader keeps the version it opened, but the kernel keeps one size per inode
-            // and cuts cached reads at it: once it learns a newer, shorter size, a page-cached
-            // read of the older version would come back truncated. Direct I/O hands every
-            // read of this handle to us, whole (private mappings still work).
-            let flags = if writing {
-                0
-            } else {
-                fuser::consts::FOPEN_DIRECT_IO
-            };
-            match opened {
-                Ok(fh) => reply.opened(fh, flags),
-                Err(e) => failed("open", reply).error(errno(&e)),
-            }
+            answer(opened, reply);
         });
     }
 
@@ -550,7 +558,7 @@ impl Filesystem for RaftFs {
     /// anywhere before `opendir` (`ls` after another node's `close` sees the file).
     fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
         crate::metrics::events().fuse_op("opendir");
-        if self.shared.stale_reads {
+        if self.shared.stale_reads || self.shared.node.reads_current_here() {
             return reply.opened(0, 0);
         }
         let shared = self.shared.clone();

@@ -47,6 +47,14 @@ impl Shared {
         self.fence.read().expect("fence lock")
     }
 
+    /// Whether a read may go ahead here and now, without the runtime: it needs no barrier
+    /// (stale reads) or the node's files are current (see [`Node::reads_current_here`]),
+    /// and the kernel has been told of every change applied (see [`settled`](Self::settled)).
+    pub(super) fn current_here(&self) -> bool {
+        let settled = *self.handled.borrow() >= self.node.store().changes().sent();
+        settled && (self.stale_reads || self.node.reads_current_here())
+    }
+
     /// Waits until the kernel has been told to drop whatever every change applied so far
     /// touched: after a read barrier, the kernel's cache is then as new as the local state.
     /// Never called while the kernel holds a directory lock for the request (lookup,

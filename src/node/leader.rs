@@ -97,6 +97,27 @@ impl Node {
         applied
     }
 
+    /// Whether a linearizable read may be served from this node's files at once: it leads
+    /// under its lease and the read index `read_index_local` would give is applied here
+    /// already. Lets a caller off the runtime (a FUSE thread) skip the trip through it.
+    pub(crate) fn reads_current_here(&self) -> bool {
+        if self.check_leader().is_err() {
+            return false;
+        }
+        let (term, applied) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_applied)
+        };
+        let current = self.lease.holds(term, self.config.read_lease())
+            && applied.is_some_and(|a| a.leader_id.term == term)
+            && Some(self.state.applied_index()) >= self.started_at_log;
+        if current {
+            crate::metrics::events().lease_reads.inc();
+        }
+        current
+    }
+
     /// Confirms leadership with a quorum and returns the index a linearizable read must see.
     pub(crate) async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
         self.check_leader()?;
