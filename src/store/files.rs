@@ -6,6 +6,7 @@
 //! files/            the replicated tree, exactly what clients see (nothing else lives here)
 //! sm/applied        last applied log id and membership (the state machine's own marker)
 //! sm/tmp/           temp files, renamed into files/ when complete
+//! sm/spare/         empty files made ahead, whose inodes new files take
 //! sm/uploads/<id>/  staged chunks of large files, assembled by file:commit
 //! ```
 //!
@@ -123,6 +124,8 @@ pub struct Tree {
     pub tmp: PathBuf,
     /// `sm/uploads/`: staged chunks.
     pub uploads: PathBuf,
+    /// `sm/spare/`: empty files made ahead of time, for new files to take their inodes.
+    spare: PathBuf,
     /// Every operation on `files/` resolves beneath it.
     files: Beneath,
     /// Snapshots being archived from hard links of the tree right now.
@@ -150,14 +153,18 @@ impl Tree {
             root,
             tmp: data_dir.join("sm").join("tmp"),
             uploads: data_dir.join("sm").join("uploads"),
+            spare: data_dir.join("sm").join("spare"),
             archiving: Arc::default(),
             recycler: Arc::default(),
         };
         let _ = fs::remove_dir_all(&tree.tmp);
-        for dir in [&tree.root, &tree.tmp, &tree.uploads] {
+        let _ = fs::remove_dir_all(&tree.spare);
+        for dir in [&tree.root, &tree.tmp, &tree.uploads, &tree.spare] {
             fs::create_dir_all(dir)?;
         }
         tree.files.check_supported()?;
+        // Detached: it ends with the tree's recycler.
+        tree.recycler.start_filler(tree.spare.clone())?;
         Ok(tree)
     }
 
@@ -379,12 +386,19 @@ impl Tree {
             }
         }
         // A new file is created in place, new readers waiting until it is whole — unless a
-        // spare inode can be reused: allocating one right after many were freed is what
-        // costs most on ext4 (see [`super::recycle`]).
-        let spare = self.recycler.take();
+        // spare inode can be reused (one freed by an overwrite or a delete, or made ahead of
+        // time): allocating one right after many were freed is what costs most on ext4 (see
+        // [`super::recycle`]).
         let missing = current
             .as_ref()
             .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+        // A lone new file (a client waiting with nothing else in flight) may also take an
+        // inode made ahead of time; one of a batch is created in place (see `recycle`).
+        let spare = if missing && !crate::store::state_machine::is_batched(tag) {
+            self.recycler.take_for_new()
+        } else {
+            self.recycler.take()
+        };
         if missing && spare.is_none() {
             let _no_new_readers = self.recycler.hold_readers();
             rewrite(&at.create_new()?, &data.0, 0, mtime)?;

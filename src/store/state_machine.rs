@@ -58,6 +58,12 @@ pub(crate) fn batched_tag(index: u64, i: usize) -> u64 {
     index | ((i as u64 + 1) << 48)
 }
 
+/// Whether `tag` names a command of a batch (see [`batched_tag`]) rather than one alone in
+/// its entry: one alone is a client waiting on it with nothing else in flight.
+pub(crate) fn is_batched(tag: u64) -> bool {
+    tag >> 48 != 0
+}
+
 /// What `sm/applied` records.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Marker {
