@@ -44,11 +44,9 @@ cleanup() {
   for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
-
 
 # Ports 47401-47403.
 for i in 1 2 3; do
@@ -62,11 +60,14 @@ for i in 1 2 3; do
 done
 wait_until "[ \$(curl -s localhost:47401/status | grep -o 'localhost:4740[0-9]' | sort -u | wc -l) = 3 ]"
 for i in 1 2 3; do wait_until "mountpoint -q $work/mnt.$i"; done
-leader=
-wait_until '[ -n "$(for i in 1 2 3; do curl -s localhost:4740$i/status | grep -q "\"state\":\"leader\"" && echo $i; done)" ]'
-for i in 1 2 3; do
-  if curl -s "localhost:4740$i/status" | grep -q '"state":"leader"'; then leader=$i; fi
-done
+leader_node() {
+  local i
+  for i in 1 2 3; do
+    if curl -s "localhost:4740$i/status" | grep -q '"state":"leader"'; then echo "$i"; return; fi
+  done
+}
+wait_until '[ -n "$(leader_node)" ]'
+leader=$(leader_node)
 follower=$((leader % 3 + 1))
 
 mkdir -p "$work/plain" "$work/bindfs"

@@ -98,29 +98,22 @@ impl Node {
     }
 
     /// Whether a linearizable read may be served from this node's files at once: it leads
-    /// under its lease and the read index `read_index_local` would give is applied here
-    /// already. Lets a caller off the runtime (a FUSE thread) skip the trip through it.
+    /// under its lease and the read index that gives is applied here already. Lets a caller
+    /// off the runtime (a FUSE thread) skip the trip through it.
     pub(crate) fn reads_current_here(&self) -> bool {
-        if self.check_leader().is_err() {
-            return false;
-        }
-        let (term, applied) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.current_term, m.last_applied)
-        };
-        let current = self.lease.holds(term, self.config.read_lease())
-            && applied.is_some_and(|a| a.leader_id.term == term)
-            && Some(self.state.applied_index()) >= self.started_at_log;
+        let current = self.check_leader().is_ok()
+            && self
+                .lease_read_index()
+                .is_some_and(|index| index <= Some(self.state.applied_index()));
         if current {
             crate::metrics::events().lease_reads.inc();
         }
         current
     }
 
-    /// Confirms leadership with a quorum and returns the index a linearizable read must see.
-    pub(crate) async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
-        self.check_leader()?;
+    /// The read index under this leader's lease, without a round of heartbeats; `None` when
+    /// the lease does not hold.
+    fn lease_read_index(&self) -> Option<Option<u64>> {
         let (term, last_log, applied) = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -128,23 +121,32 @@ impl Node {
         };
         // Under the lease no other leader can have committed anything: the last log index
         // covers every committed entry (see `lease`).
-        if self.lease.holds(term, self.config.read_lease()) {
-            crate::metrics::events().lease_reads.inc();
-            // Better still, what is applied here already covers every acknowledged write
-            // once an entry of this term is applied: a write is answered only after the
-            // leader of its term applied it, and what earlier leaders committed precedes
-            // this term's first entry. So a read need not wait for entries still in flight
-            // (a lookup of a new name while others write would wait for their commit). But
-            // a leader restarted in its term rebuilt its files from a snapshot: what it
-            // answered before the restart is covered by the log as it was at the start.
-            // The index is the state machine's own, never behind what was answered;
-            // openraft's metrics (which tell the term) can lag it by a moment.
-            if applied.is_some_and(|a| a.leader_id.term == term) {
-                let applied = self.state.applied_index();
-                return Ok(Some(applied).max(self.started_at_log));
-            }
-            return Ok(last_log.max(self.started_at_log));
+        if !self.lease.holds(term, self.config.read_lease()) {
+            return None;
         }
+        // Better still, what is applied here already covers every acknowledged write once an
+        // entry of this term is applied: a write is answered only after the leader of its
+        // term applied it, and what earlier leaders committed precedes this term's first
+        // entry. So a read need not wait for entries still in flight (a lookup of a new name
+        // while others write would wait for their commit). But a leader restarted in its
+        // term rebuilt its files from a snapshot: what it answered before the restart is
+        // covered by the log as it was at the start. The index is the state machine's own,
+        // never behind what was answered; openraft's metrics (which tell the term) can lag it
+        // by a moment.
+        if applied.is_some_and(|a| a.leader_id.term == term) {
+            return Some(Some(self.state.applied_index()).max(self.started_at_log));
+        }
+        Some(last_log.max(self.started_at_log))
+    }
+
+    /// Confirms leadership with a quorum and returns the index a linearizable read must see.
+    pub(crate) async fn read_index_local(&self, timeout: Duration) -> LeaderReply<Option<u64>> {
+        self.check_leader()?;
+        if let Some(index) = self.lease_read_index() {
+            crate::metrics::events().lease_reads.inc();
+            return Ok(index);
+        }
+        let term = self.raft.metrics().borrow().current_term;
         let sent = Instant::now();
         match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
             Ok(Ok((read, _applied))) => {
